@@ -1,0 +1,16 @@
+"""Shared test set-up: markers that need root skip with a clear reason when not root."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="needs root (network namespaces, nftables, wireguard-go)")
+    for item in items:
+        if "root" in item.keywords or "nspawn" in item.keywords:
+            item.add_marker(skip)
