@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
+
+# Fixture modules shared by several test files (the namespaced test world, the private bus).
+pytest_plugins = [
+    name
+    for name in ("tests.fixtures_world", "tests.fixtures_dbus")
+    if importlib.util.find_spec(name) is not None
+]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
