@@ -1,0 +1,378 @@
+"""The ``org.nordwgd.Nordwgd1.Manager`` interface: a thin shell around the Manager.
+
+Each method checks its arguments, authorizes the caller through polkit when the method
+changes something, calls the Manager, and maps a nordwgd error to its D-Bus error name. The
+reply is sent exactly once by dbus-fast when the coroutine returns or raises. Properties are
+read-only views of ``Manager.properties()``; changes the Manager reports are forwarded as
+``PropertiesChanged``.
+"""
+
+# No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus signatures from the
+# evaluated annotations, and a string "None" return annotation would not mean "no reply body".
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from typing import Annotated, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
+
+from dbus_fast import DBusError, Message, MessageType, PropertyAccess, Variant
+from dbus_fast import introspection as intr
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import (
+    DBusBool,
+    DBusDict,
+    DBusSignature,
+    DBusStr,
+    DBusUInt16,
+    DBusUInt64,
+)
+from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
+
+from nordwgd import errors
+from nordwgd.bus import INTERFACE_NAME, OBJECT_PATH
+from nordwgd.bus.convert import (
+    CONNECT_KEYS,
+    DIAGNOSE_MODES,
+    FILTER_KEYS,
+    QUIET_PROPERTIES,
+    check_string,
+    property_value,
+    string_options,
+    to_vardict,
+)
+from nordwgd.bus.errors import error_name, internal_error, to_dbus_error
+from nordwgd.bus.polkit import ACTION_CONFIGURE, ACTION_CONTROL, CallerGone
+
+logger = logging.getLogger(__name__)
+
+CountryList = Annotated[list[list[str]], DBusSignature("a(sss)")]
+PairList = Annotated[list[list[str]], DBusSignature("a(ss)")]
+DictList = Annotated[list[dict[str, Variant]], DBusSignature("aa{sv}")]
+HealthReply = Annotated[tuple[bool, dict[str, Variant]], DBusSignature("ba{sv}")]
+
+
+class ManagerFacade(Protocol):
+    """What the D-Bus layer uses of ``nordwgd.manager.Manager``."""
+
+    def properties(self) -> dict[str, object]: ...
+    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> None: ...
+    async def connect(self, options: Mapping[str, str]) -> None: ...
+    async def disconnect(self) -> None: ...
+    async def reconnect(self) -> None: ...
+    async def renew(self) -> None: ...
+    async def check_health(self) -> tuple[bool, dict[str, object]]: ...
+    async def set_lockdown(self, enabled: bool, /) -> None: ...
+    async def set_allow_lan(self, enabled: bool, /) -> None: ...
+    async def set_token(self, token: str, /) -> None: ...
+    async def logout(self) -> None: ...
+    async def list_countries(self) -> list[tuple[str, str, str]]: ...
+    async def list_cities(self, country: str, /) -> list[tuple[str, str]]: ...
+    async def list_groups(self) -> list[tuple[str, str]]: ...
+    async def list_servers(self, filter: Mapping[str, str], /) -> list[dict[str, object]]: ...
+    async def get_statistics(self) -> dict[str, object]: ...
+    async def diagnose(self, mode: str, /) -> dict[str, object]: ...
+
+
+class AuthorizerLike(Protocol):
+    async def authorize(self, sender: str, action: str) -> None: ...
+
+
+_sender: ContextVar[str | None] = ContextVar("nordwgd_dbus_sender", default=None)
+
+
+class ServiceBus(MessageBus):
+    """A MessageBus whose method handlers can see who called them (for polkit)."""
+
+    def _make_method_handler(self, interface: Any, method: Any) -> Any:
+        inner = super()._make_method_handler(interface, method)
+
+        def handler(msg: Message, send_reply: Any) -> None:
+            # The coroutine started by ``inner`` copies the current context, sender included.
+            token = _sender.set(msg.sender)
+            try:
+                inner(msg, send_reply)
+            finally:
+                _sender.reset(token)
+
+        return handler
+
+
+_S = TypeVar("_S", bound="ManagerInterface")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _shell(
+    fn: Callable[Concatenate[_S, _P], Awaitable[_R]],
+) -> Callable[Concatenate[_S, _P], Awaitable[_R]]:
+    """Map every failure of a method to exactly one D-Bus error reply."""
+
+    @functools.wraps(fn)
+    async def method(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        sender = _sender.get() or "?"
+        logger.debug("%s called by %s", fn.__name__, sender)
+        try:
+            return await fn(self, *args, **kwargs)
+        except CallerGone as error:
+            logger.info("%s: %s", fn.__name__, error)
+            raise to_dbus_error(error) from None
+        except errors.NordwgdError as error:
+            logger.info("%s from %s failed: %s: %s", fn.__name__, sender, error.nick, error)
+            raise to_dbus_error(error) from None
+        except DBusError:
+            raise
+        except Exception:
+            logger.exception("%s from %s failed unexpectedly", fn.__name__, sender)
+            raise internal_error() from None
+
+    return cast(Callable[Concatenate[_S, _P], Awaitable[_R]], method)
+
+
+class ManagerInterface(ServiceInterface):
+    """``org.nordwgd.Nordwgd1.Manager`` (documented in dbus/org.nordwgd.Nordwgd1.Manager.xml)."""
+
+    def __init__(self, manager: ManagerFacade, authorizer: AuthorizerLike) -> None:
+        super().__init__(INTERFACE_NAME)
+        self._manager = manager
+        self._authorizer = authorizer
+        manager.subscribe(self._forward_changes)
+
+    def _forward_changes(self, changed: dict[str, object]) -> None:
+        values: dict[str, Any] = {}
+        for name, value in changed.items():
+            if name in QUIET_PROPERTIES:
+                continue
+            try:
+                values[name] = property_value(name, value)
+            except (KeyError, TypeError, ValueError):
+                logger.warning("not signalling unknown or malformed property %s", name)
+        if values:
+            self.emit_properties_changed(values)
+
+    def _property(self, name: str) -> Any:
+        return property_value(name, self._manager.properties().get(name))
+
+    async def _authorize(self, action: str) -> None:
+        sender = _sender.get()
+        if sender is None:
+            raise errors.NotAuthorized(f"{action}: the caller is unknown; refused")
+        await self._authorizer.authorize(sender, action)
+
+    def introspect(self) -> intr.Interface:
+        description = super().introspect()
+        for prop in description.properties:
+            if prop.name in QUIET_PROPERTIES:
+                prop.annotations["org.freedesktop.DBus.Property.EmitsChangedSignal"] = "false"
+        return description
+
+    # Properties -----------------------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return self._property("State")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ErrorCause(self) -> DBusStr:
+        return self._property("ErrorCause")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Blocking(self) -> DBusStr:
+        return self._property("Blocking")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Lockdown(self) -> DBusBool:
+        return self._property("Lockdown")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AllowLan(self) -> DBusBool:
+        return self._property("AllowLan")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Mode(self) -> DBusStr:
+        return self._property("Mode")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Server(self) -> DBusDict:
+        return self._property("Server")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Interface(self) -> DBusStr:
+        return self._property("Interface")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TunnelAddress(self) -> DBusStr:
+        return self._property("TunnelAddress")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ConnectedSince(self) -> DBusUInt64:
+        return self._property("ConnectedSince")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:
+        return self._property("Version")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LatestHandshake(self) -> DBusUInt64:
+        return self._property("LatestHandshake")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def RxBytes(self) -> DBusUInt64:
+        return self._property("RxBytes")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TxBytes(self) -> DBusUInt64:
+        return self._property("TxBytes")  # type: ignore[no-any-return]
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ForwardedPort(self) -> DBusUInt16:
+        return self._property("ForwardedPort")  # type: ignore[no-any-return]
+
+    # Control (polkit action org.nordwgd.nordwgd1.control) -----------------------------
+
+    @dbus_method()
+    @_shell
+    async def Connect(self, options: DBusDict) -> None:
+        checked = string_options(options, CONNECT_KEYS, "Connect options")
+        await self._authorize(ACTION_CONTROL)
+        await self._manager.connect(checked)
+
+    @dbus_method()
+    @_shell
+    async def Disconnect(self) -> None:
+        await self._authorize(ACTION_CONTROL)
+        await self._manager.disconnect()
+
+    @dbus_method()
+    @_shell
+    async def Reconnect(self) -> None:
+        await self._authorize(ACTION_CONTROL)
+        await self._manager.reconnect()
+
+    @dbus_method()
+    @_shell
+    async def Renew(self) -> None:
+        await self._authorize(ACTION_CONTROL)
+        await self._manager.renew()
+
+    @dbus_method()
+    @_shell
+    async def CheckHealth(self) -> HealthReply:
+        await self._authorize(ACTION_CONTROL)
+        healthy, details = await self._manager.check_health()
+        return bool(healthy), to_vardict(details)
+
+    # Configuration (polkit action org.nordwgd.nordwgd1.configure) ---------------------
+
+    @dbus_method()
+    @_shell
+    async def SetLockdown(self, lockdown: DBusBool) -> None:
+        await self._authorize(ACTION_CONFIGURE)
+        await self._manager.set_lockdown(bool(lockdown))
+
+    @dbus_method()
+    @_shell
+    async def SetAllowLan(self, allow_lan: DBusBool) -> None:
+        await self._authorize(ACTION_CONFIGURE)
+        await self._manager.set_allow_lan(bool(allow_lan))
+
+    @dbus_method()
+    @_shell
+    async def SetToken(self, token: DBusStr) -> None:
+        # The token is never echoed back: the check names only the argument.
+        if not token.strip():
+            raise errors.InvalidArgument("SetToken: the token is empty")
+        check_string(token, "SetToken: token")
+        await self._authorize(ACTION_CONFIGURE)
+        await self._manager.set_token(token)
+
+    @dbus_method()
+    @_shell
+    async def Logout(self) -> None:
+        await self._authorize(ACTION_CONFIGURE)
+        await self._manager.logout()
+
+    # Read-only (no authorization) -----------------------------------------------------
+
+    @dbus_method()
+    @_shell
+    async def ListCountries(self) -> CountryList:
+        countries = await self._manager.list_countries()
+        return [[str(code), str(name), str(ident)] for code, name, ident in countries]
+
+    @dbus_method()
+    @_shell
+    async def ListCities(self, country: DBusStr) -> PairList:
+        check_string(country, "ListCities: country")
+        if not country.strip():
+            raise errors.InvalidArgument("ListCities: country is empty")
+        return [[str(a), str(b)] for a, b in await self._manager.list_cities(country)]
+
+    @dbus_method()
+    @_shell
+    async def ListGroups(self) -> PairList:
+        return [[str(a), str(b)] for a, b in await self._manager.list_groups()]
+
+    @dbus_method()
+    @_shell
+    async def ListServers(self, filter: DBusDict) -> DictList:
+        checked = string_options(filter, FILTER_KEYS, "ListServers filter")
+        return [to_vardict(server) for server in await self._manager.list_servers(checked)]
+
+    @dbus_method()
+    @_shell
+    async def GetStatistics(self) -> DBusDict:
+        return to_vardict(await self._manager.get_statistics())
+
+    @dbus_method()
+    @_shell
+    async def Diagnose(self, mode: DBusStr) -> DBusDict:
+        mode = mode or "basic"
+        if mode not in DIAGNOSE_MODES:
+            raise errors.InvalidArgument(
+                f"Diagnose: mode {check_string(mode, 'mode')[:32]!r} is not one of: basic, full"
+            )
+        return to_vardict(await self._manager.diagnose(mode))
+
+
+def method_signatures(interface: ServiceInterface) -> dict[str, str]:
+    """Method name -> input signature, from the interface's own introspection."""
+    return {
+        method.name: "".join(str(arg.signature) for arg in method.in_args)
+        for method in interface.introspect().methods
+    }
+
+
+def install_signature_guard(bus: MessageBus, interface: ServiceInterface) -> None:
+    """Answer calls of a known method with wrong argument types by InvalidArgument.
+
+    Without this, dbus-fast would answer ``UnknownMethod``, which hides the real mistake.
+    """
+    expected = method_signatures(interface)
+
+    def guard(msg: Message) -> Message | None:
+        if (
+            msg.message_type is not MessageType.METHOD_CALL
+            or msg.path != OBJECT_PATH
+            or msg.interface != INTERFACE_NAME
+            or msg.member not in expected
+            or msg.signature == expected[msg.member]
+        ):
+            return None
+        want = expected[msg.member] or "no arguments"
+        return Message.new_error(
+            msg,
+            error_name(errors.InvalidArgument),
+            f"{msg.member}: expected arguments of type {want!r}, got {msg.signature!r}",
+        )
+
+    bus.add_message_handler(guard)
+
+
+def export_manager(
+    bus: MessageBus, manager: ManagerFacade, authorizer: AuthorizerLike
+) -> ManagerInterface:
+    """Export the Manager interface at /org/nordwgd/Nordwgd1 (the name is requested later)."""
+    interface = ManagerInterface(manager, authorizer)
+    install_signature_guard(bus, interface)
+    bus.export(OBJECT_PATH, interface)
+    return interface
