@@ -6,11 +6,18 @@ raise ConfigError naming the file, the key, the line and what is wrong.
 
 from __future__ import annotations
 
+import difflib
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
+from nordwgd.errors import ConfigError
 from nordwgd.model import NORDLYNX_DNS, IPAddress, IPNetwork
 
 DEFAULT_CONFIG_PATH = Path("/etc/nordwgd/nordwgd.toml")
@@ -104,6 +111,450 @@ class Config:
     source: Path | None = None  # the file this was loaded from (None = built-in defaults)
 
 
+# --- loading -------------------------------------------------------------------------------
+
+T = TypeVar("T")
+S = TypeVar("S", bound=str)
+
+BACKENDS: tuple[Backend, ...] = ("auto", "kernel", "userspace")
+MODES: tuple[Mode, ...] = ("host", "namespace", "gateway")
+IPV6_POLICIES: tuple[Ipv6Policy, ...] = ("block", "tunnel")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+IFNAMSIZ = 16  # the kernel's buffer, so names hold at most 15 characters
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+_MAX_U32 = 2**32 - 1
+# Tables 253 (default), 254 (main) and 255 (local) belong to the kernel.
+_RESERVED_TABLES = (253, 254, 255)
+
+# Ranges that never leave the local site: nordwgd lets these bypass the tunnel, so a public
+# range here would be a leak.
+PRIVATE_NETWORKS: tuple[IPNetwork, ...] = (
+    IPv4Network("10.0.0.0/8"),
+    IPv4Network("172.16.0.0/12"),
+    IPv4Network("192.168.0.0/16"),
+    IPv4Network("169.254.0.0/16"),
+    IPv6Network("fc00::/7"),
+    IPv6Network("fe80::/10"),
+)
+
+# TOML key -> dataclass field, per section, where the names differ (the file speaks of one
+# "country" whether it holds one name or a list).
+KEY_TO_FIELD: Mapping[str, Mapping[str, str]] = {
+    "location": {"country": "countries", "city": "cities", "group": "groups", "server": "servers"},
+}
+
+
+class _KeyLines:
+    """Line numbers of keys and table headers in TOML text (tomllib reports none).
+
+    A line-based scan is enough for config files: it finds ``[section]`` headers and
+    ``key =`` / ``dotted.key =`` assignments and skips multi-line strings.
+    """
+
+    _HEADER = re.compile(r"\s*\[\[?\s*(?P<name>[^\[\]]+?)\s*\]\]?\s*(?:#.*)?$")
+    _KEY = re.compile(
+        r"""\s*(?P<key>(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')"""
+        r"""(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*="""
+    )
+    _PART = re.compile(r"""[A-Za-z0-9_-]+|"[^"]*"|'[^']*'""")
+
+    def __init__(self, text: str) -> None:
+        self._lines: dict[str, int] = {}
+        section = ""
+        in_string = False
+        for number, line in enumerate(text.splitlines(), start=1):
+            quotes = line.count('"""') + line.count("'''")
+            if in_string:
+                in_string = quotes % 2 == 0
+                continue
+            header = self._HEADER.match(line)
+            if header:
+                section = self._dotted(header["name"])
+                self._lines.setdefault(section, number)
+            else:
+                key = self._KEY.match(line)
+                if key:
+                    name = self._dotted(key["key"])
+                    self._lines.setdefault(f"{section}.{name}" if section else name, number)
+            in_string = quotes % 2 == 1
+
+    @classmethod
+    def _dotted(cls, text: str) -> str:
+        return ".".join(part.strip("\"'") for part in cls._PART.findall(text))
+
+    def line_of(self, key: str) -> int:
+        """The line of ``key``, else of its nearest enclosing table, else 1."""
+        parts = re.sub(r"\[\d+\]", "", key).split(".")
+        while parts:
+            line = self._lines.get(".".join(parts))
+            if line is not None:
+                return line
+            parts.pop()
+        return 1
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    lines: _KeyLines
+
+    def error(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.path}:{self.lines.line_of(key)}: {key}: {what}")
+
+
+def _describe(value: object) -> str:
+    """How a TOML value is named in messages: its TOML type and, for scalars, the value."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"integer {value}"
+    if isinstance(value, float):
+        return f"float {value}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return f"string {shown!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+def _got(value: object) -> str:
+    return f"(got {_describe(value)})"
+
+
+# Each parser checks one raw TOML value and returns it converted; ``key`` is for messages.
+Parser = Callable[[_Source, str, object], T]
+
+
+def _string(src: _Source, key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise src.error(key, f"must be a string {_got(value)}")
+    return value
+
+
+def _nonempty_string(src: _Source, key: str, value: object) -> str:
+    text = _string(src, key, value)
+    if not text.strip():
+        raise src.error(key, "must not be empty")
+    return text
+
+
+def _boolean(src: _Source, key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise src.error(key, f"must be a boolean, true or false {_got(value)}")
+    return value
+
+
+def _integer(src: _Source, key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise src.error(key, f"must be an integer {_got(value)}")
+    return value
+
+
+def _int_range(low: int, high: int, exclude: tuple[int, ...] = ()) -> Parser[int]:
+    def parse(src: _Source, key: str, value: object) -> int:
+        number = _integer(src, key, value)
+        if not low <= number <= high or number in exclude:
+            allowed = f"an integer from {low} to {high}"
+            if exclude:
+                allowed += f", except {', '.join(map(str, exclude))} (kernel tables)"
+            raise src.error(key, f"must be {allowed} {_got(value)}")
+        return number
+
+    return parse
+
+
+def _seconds(src: _Source, key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise src.error(key, f"must be a number of seconds {_got(value)}")
+    if not math.isfinite(value) or value <= 0:
+        raise src.error(key, f"must be a positive number of seconds {_got(value)}")
+    return float(value)
+
+
+def _choice(choices: tuple[S, ...]) -> Parser[S]:
+    def parse(src: _Source, key: str, value: object) -> S:
+        text = _string(src, key, value)
+        if text not in choices:
+            raise src.error(key, f"must be one of {', '.join(choices)} {_got(value)}")
+        return text
+
+    return parse
+
+
+def _absolute_path(src: _Source, key: str, value: object) -> Path:
+    text = _nonempty_string(src, key, value)
+    if "\0" in text:
+        raise src.error(key, "must not contain a NUL character")
+    path = Path(text)
+    if not path.is_absolute():
+        raise src.error(key, f"must be an absolute path {_got(value)}")
+    return path
+
+
+def _interface_name(src: _Source, key: str, value: object) -> str:
+    name = _string(src, key, value)
+    if not _IFNAME.fullmatch(name) or name in (".", ".."):
+        raise src.error(
+            key,
+            f"must be a network interface name of 1 to {IFNAMSIZ - 1} letters, digits, "
+            f"'_', '-' or '.' {_got(value)}",
+        )
+    return name
+
+
+def _hostname(src: _Source, key: str, value: object) -> str:
+    name = _string(src, key, value)
+    if not _HOSTNAME.fullmatch(name):
+        raise src.error(key, f"must be a DNS host name such as api.nordvpn.com {_got(value)}")
+    return name
+
+
+def _address(src: _Source, key: str, value: object) -> IPAddress:
+    text = _string(src, key, value)
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise src.error(
+            key, f"must be an IPv4 or IPv6 address such as 192.0.2.1 {_got(value)}"
+        ) from None
+
+
+def _network(src: _Source, key: str, value: object) -> IPNetwork:
+    text = _string(src, key, value)
+    try:
+        return ip_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ip_network(text, strict=False)
+    except ValueError:
+        raise src.error(
+            key, f"must be a network in CIDR notation such as 192.168.1.0/24 {_got(value)}"
+        ) from None
+    raise src.error(key, f"has host bits set; the network is {loose} {_got(value)}")
+
+
+def _private_network(src: _Source, key: str, value: object) -> IPNetwork:
+    network = _network(src, key, value)
+    if not any(
+        network.version == private.version and network.subnet_of(private)  # type: ignore[arg-type]
+        for private in PRIVATE_NETWORKS
+    ):
+        ranges = ", ".join(map(str, PRIVATE_NETWORKS))
+        raise src.error(
+            key,
+            f"{network} is not a private range; only ranges inside {ranges} may bypass the tunnel",
+        )
+    return network
+
+
+def _http_url(src: _Source, key: str, value: object) -> str:
+    text = _string(src, key, value)
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        valid = False
+    if not valid or any(char.isspace() for char in text):
+        raise src.error(key, f"must be an http:// or https:// URL with a host name {_got(value)}")
+    return text
+
+
+def _list_of(item: Parser[T], *, nonempty: bool = False) -> Parser[tuple[T, ...]]:
+    def parse(src: _Source, key: str, value: object) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise src.error(key, f"must be an array {_got(value)}")
+        if nonempty and not value:
+            raise src.error(key, "must not be empty")
+        return tuple(item(src, f"{key}[{index}]", element) for index, element in enumerate(value))
+
+    return parse
+
+
+def _names(src: _Source, key: str, value: object) -> tuple[str, ...]:
+    """A location filter: one string or an array of strings, none empty."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise src.error(key, f"must be a string or an array of strings {_got(value)}")
+    return tuple(
+        _nonempty_string(src, f"{key}[{index}]", element).strip()
+        for index, element in enumerate(value)
+    )
+
+
+class _Table:
+    """One TOML table being read: hands out keys and refuses those nobody asked for."""
+
+    def __init__(self, src: _Source, name: str, raw: object, known: tuple[str, ...]) -> None:
+        if not isinstance(raw, dict):
+            raise src.error(name, f"must be a table [{name}] {_got(raw)}")
+        prefix = f"{name}." if name else ""
+        for key, value in raw.items():
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            if not name and isinstance(value, dict):
+                sections = ", ".join(k for k in known if k in _SECTIONS)
+                raise src.error(key, f"unknown section [{key}] ({hint}known sections: {sections})")
+            where = f"[{name}]" if name else "the top level"
+            raise src.error(
+                f"{prefix}{key}", f"unknown key ({hint}known keys in {where}: {', '.join(known)})"
+            )
+        self._src = src
+        self._prefix = prefix
+        self._raw = cast(dict[str, object], raw)
+
+    def get(self, key: str, parse: Parser[T], default: T) -> T:
+        if key not in self._raw:
+            return default
+        return parse(self._src, self._prefix + key, self._raw[key])
+
+    def table(self, name: str) -> object:
+        return self._raw.get(name, {})
+
+
+_SECTIONS: Mapping[str, tuple[str, ...]] = {
+    "location": ("country", "city", "group", "server", "random_top"),
+    "dns": ("servers", "resolv_conf"),
+    "network": (
+        "interface",
+        "backend",
+        "mode",
+        "lockdown",
+        "allow_lan",
+        "lan",
+        "forward_from",
+        "ipv6",
+        "fwmark",
+        "table",
+    ),
+    "health": ("urls", "attempts", "interval", "timeout", "handshake_timeout", "handshake_max_age"),
+    "api": ("host", "addresses", "port", "ca_file", "timeout", "attempts"),
+    "paths": ("state_dir", "runtime_dir"),
+}
+_TOP_LEVEL_KEYS = ("token_file", "log_level")
+
+
+def known_keys() -> dict[str, tuple[str, ...]]:
+    """Every key the file may hold, by section ("" is the top level)."""
+    return {"": _TOP_LEVEL_KEYS, **_SECTIONS}
+
+
+def _location(t: _Table) -> LocationConfig:
+    d = LocationConfig()
+    return LocationConfig(
+        countries=t.get("country", _names, d.countries),
+        cities=t.get("city", _names, d.cities),
+        groups=t.get("group", _names, d.groups),
+        servers=t.get("server", _names, d.servers),
+        random_top=t.get("random_top", _int_range(0, 1000), d.random_top),
+    )
+
+
+def _dns(t: _Table) -> DnsConfig:
+    d = DnsConfig()
+    return DnsConfig(
+        servers=t.get("servers", _list_of(_address, nonempty=True), d.servers),
+        resolv_conf=t.get("resolv_conf", _absolute_path, d.resolv_conf),
+    )
+
+
+def _network_section(t: _Table) -> NetworkConfig:
+    d = NetworkConfig()
+    return NetworkConfig(
+        interface=t.get("interface", _interface_name, d.interface),
+        backend=t.get("backend", _choice(BACKENDS), d.backend),
+        mode=t.get("mode", _choice(MODES), d.mode),
+        lockdown=t.get("lockdown", _boolean, d.lockdown),
+        allow_lan=t.get("allow_lan", _boolean, d.allow_lan),
+        lan=t.get("lan", _list_of(_private_network), d.lan),
+        forward_from=t.get("forward_from", _list_of(_private_network), d.forward_from),
+        ipv6=t.get("ipv6", _choice(IPV6_POLICIES), d.ipv6),
+        fwmark=t.get("fwmark", _int_range(1, _MAX_U32), d.fwmark),
+        table=t.get("table", _int_range(1, _MAX_U32, _RESERVED_TABLES), d.table),
+    )
+
+
+def _health(t: _Table) -> HealthConfig:
+    d = HealthConfig()
+    return HealthConfig(
+        urls=t.get("urls", _list_of(_http_url), d.urls),
+        attempts=t.get("attempts", _int_range(1, 1000), d.attempts),
+        interval=t.get("interval", _seconds, d.interval),
+        timeout=t.get("timeout", _seconds, d.timeout),
+        handshake_timeout=t.get("handshake_timeout", _seconds, d.handshake_timeout),
+        handshake_max_age=t.get("handshake_max_age", _seconds, d.handshake_max_age),
+    )
+
+
+def _api(t: _Table) -> ApiConfig:
+    d = ApiConfig()
+    return ApiConfig(
+        host=t.get("host", _hostname, d.host),
+        addresses=t.get("addresses", _list_of(_address, nonempty=True), d.addresses),
+        port=t.get("port", _int_range(1, 65535), d.port),
+        ca_file=t.get("ca_file", _absolute_path, d.ca_file),
+        timeout=t.get("timeout", _seconds, d.timeout),
+        attempts=t.get("attempts", _int_range(1, 100), d.attempts),
+    )
+
+
+def _paths(t: _Table) -> PathsConfig:
+    d = PathsConfig()
+    return PathsConfig(
+        state_dir=t.get("state_dir", _absolute_path, d.state_dir),
+        runtime_dir=t.get("runtime_dir", _absolute_path, d.runtime_dir),
+    )
+
+
+def parse_config(text: str, path: Path) -> Config:
+    """Validate TOML ``text`` (read from ``path``, which messages name) into a Config."""
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # tomllib ends its messages with "(at line N, column M)"; move the line to the front.
+        found = re.search(r"\(at line (\d+), column \d+\)$", str(error))
+        line = int(found[1]) if found else max(1, len(text.splitlines()))
+        raise ConfigError(f"{path}:{line}: invalid TOML: {error}") from None
+    src = _Source(path, _KeyLines(text))
+    top = _Table(src, "", document, (*_TOP_LEVEL_KEYS, *_SECTIONS))
+
+    def section(name: str) -> _Table:
+        return _Table(src, name, top.table(name), _SECTIONS[name])
+
+    return Config(
+        location=_location(section("location")),
+        dns=_dns(section("dns")),
+        network=_network_section(section("network")),
+        health=_health(section("health")),
+        api=_api(section("api")),
+        paths=_paths(section("paths")),
+        token_file=top.get("token_file", _absolute_path, None),
+        log_level=top.get("log_level", _choice(LOG_LEVELS), "info"),
+        source=path,
+    )
+
+
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> Config:
     """Load and validate the TOML config at ``path``; a missing file gives the defaults."""
-    raise NotImplementedError("the config loader is being written")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: the config file is not valid UTF-8") from None
+    return parse_config(text, path)
