@@ -1,0 +1,253 @@
+"""One WireGuard connection: interface, keys and peer, address, routes and DNS, up and down.
+
+``up`` works in a fixed order, like wg-quick: create the link, set key and peer, add the address,
+MTU and bring the link up, route everything through it, point DNS at the tunnel resolvers. Each
+system change is written to the runtime journal before it is made (the address, MTU and link
+state need no entry: they vanish with the link), so a process killed at any point leaves a record
+from which ``recover`` in a new process undoes exactly what was done. A failing step undoes the
+steps before it and raises the typed error of that step. ``down`` undoes everything in reverse
+order. The firewall is not touched here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+
+from pyroute2 import IPRoute, NetlinkError
+
+from nordwgd import dns, routing
+from nordwgd.config import Config
+from nordwgd.errors import DnsFailed, NordwgdError, RoutingFailed, TunnelFailed
+from nordwgd.model import TunnelParams
+from nordwgd.runstate import Journal, Step
+from nordwgd.wireguard import PeerStats, WireGuardBackend
+
+log = logging.getLogger(__name__)
+
+TUNNEL_MTU = 1420
+HANDSHAKE_POLL_SECONDS = 0.05
+
+_T = TypeVar("_T")
+
+
+class Connection:
+    """Brings one tunnel up and down; records every change under ``runtime_dir``."""
+
+    def __init__(self, config: Config, backend: WireGuardBackend, runtime_dir: Path) -> None:
+        self._config = config
+        self._backend = backend
+        self._runtime_dir = runtime_dir
+        self._journal = Journal(runtime_dir)
+        self._lock = asyncio.Lock()
+        self._params: TunnelParams | None = None
+        self._dns_mode: dns.DnsMode | None = None
+        self._configured_at = 0.0
+        self.interface: str | None = None
+        self.ifindex: int | None = None
+        self.is_up = False
+
+    async def recover(self) -> None:
+        """Undo what an earlier (killed) process recorded, then delete the record.
+
+        With an unreadable record, clean up by the names in the config instead: the interface,
+        rules at our priorities, routes in our table, and a leftover resolv.conf backup.
+        """
+        async with self._lock:
+            await self._recover_locked()
+
+    async def up(self, params: TunnelParams) -> None:
+        """Bring the tunnel up; on failure undo the steps done and raise the step's error."""
+        async with self._lock:
+            if self.is_up:
+                await self._undo_all(self._journal, raise_errors=True)
+                self._reset()
+            await self._recover_locked()
+            try:
+                await self._up(params)
+            except BaseException as exc:
+                log.warning("bringing up %s failed (%s); undoing the steps done",
+                            self._config.network.interface, exc)
+                await asyncio.shield(self._undo_all(self._journal, raise_errors=False))
+                self._reset()
+                raise
+
+    async def down(self) -> None:
+        """Undo every recorded change in reverse order; a second call does nothing."""
+        async with self._lock:
+            try:
+                await self._undo_all(self._journal, raise_errors=True)
+            finally:
+                if not self._journal.steps:
+                    self._reset()
+
+    async def switch_peer(self, params: TunnelParams) -> None:
+        """Replace the peer (another server) on the running interface, keeping routes.
+
+        DNS is re-pointed only when the new parameters name other resolvers.
+        """
+        async with self._lock:
+            if not self.is_up or self.interface is None or self._params is None:
+                raise TunnelFailed("cannot switch servers: the tunnel is not up")
+            self._configured_at = time.time()
+            await self._configure_peer(self.interface, params)
+            if params.dns != self._params.dns:
+                for step in reversed(list(self._journal.steps)):
+                    if step["step"] == "dns":
+                        await self._undo_step(self._journal, step)
+                await self._apply_dns(params)
+            self._params = params
+
+    async def wait_handshake(self, timeout: float) -> bool:  # noqa: ASYNC109 (pinned API)
+        """True once a handshake newer than the peer's configuration came and data arrived."""
+        if self.interface is None:
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Handshake times may be reported in whole seconds.
+        since = math.floor(self._configured_at)
+        while True:
+            stats = await self._backend.stats(self.interface)
+            if stats.latest_handshake >= since and stats.latest_handshake > 0 and stats.rx_bytes:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(HANDSHAKE_POLL_SECONDS)
+
+    async def statistics(self) -> PeerStats:
+        """Handshake time and byte counters of the peer; TunnelFailed when not up."""
+        if self.interface is None:
+            raise TunnelFailed("no tunnel interface: not connected")
+        return await self._backend.stats(self.interface)
+
+    # -- bring-up steps, in order ---------------------------------------------------------
+
+    async def _up(self, params: TunnelParams) -> None:
+        network = self._config.network
+        ifname = network.interface
+        self._configured_at = time.time()
+        await self._record({"step": "link", "ifname": ifname, "backend": self._backend.kind})
+        log.info("[#] create WireGuard interface %s (%s)", ifname, self._backend.kind)
+        self.interface = ifname
+        self.ifindex = await self._step(TunnelFailed, f"cannot create {ifname}",
+                                        self._backend.create(ifname))
+        await self._configure_peer(ifname, params)
+        log.info("[#] ip address add %s dev %s; ip link set %s mtu %d up",
+                 params.address, ifname, ifname, TUNNEL_MTU)
+        await self._step(TunnelFailed, f"cannot set the address of {ifname}",
+                         asyncio.to_thread(_configure_link, self.ifindex, params))
+        ipv6 = network.ipv6 == "tunnel" and any(n.version == 6 for n in params.allowed_ips)
+        await self._step(RoutingFailed, f"cannot route through {ifname}",
+                         routing.apply(self._journal, network, ifname, ipv6=ipv6))
+        await self._apply_dns(params)
+        self._params = params
+        self.is_up = True
+        log.info("tunnel %s is up to %s", ifname, params.endpoint)
+
+    async def _configure_peer(self, ifname: str, params: TunnelParams) -> None:
+        log.info("[#] wg set %s private-key <redacted> fwmark %#x peer %s endpoint %s",
+                 ifname, self._config.network.fwmark, params.peer_public_key, params.endpoint)
+        await self._step(TunnelFailed, f"cannot configure the peer of {ifname}",
+                         self._backend.configure(ifname, params, self._config.network.fwmark))
+
+    async def _apply_dns(self, params: TunnelParams) -> None:
+        assert self.interface is not None and self.ifindex is not None
+        if not params.dns:
+            return
+        if self._dns_mode is None:
+            self._dns_mode = await dns.detect_mode()
+        await self._step(DnsFailed, "cannot set the tunnel DNS", dns.apply(
+            self._journal, mode=self._dns_mode, ifindex=self.ifindex, ifname=self.interface,
+            servers=params.dns, resolv_conf=self._config.dns.resolv_conf))
+
+    async def _step(self, error: type[NordwgdError], context: str,
+                       action: Awaitable[_T]) -> _T:
+        """Run one step; a failure becomes ``error`` with ``context`` (typed ones keep their class)."""
+        try:
+            return await action
+        except (TunnelFailed, RoutingFailed, DnsFailed) as exc:
+            raise type(exc)(f"{context}: {exc.message}") from exc
+        except (OSError, NetlinkError, ValueError) as exc:
+            raise error(f"{context}: {exc}") from exc
+
+    # -- undo -----------------------------------------------------------------------------
+
+    async def _recover_locked(self) -> None:
+        journal = await asyncio.to_thread(Journal.load, self._runtime_dir)
+        if journal.unknown:
+            await self._cleanup_by_name()
+        if journal.steps:
+            log.info("undoing %d change(s) left by an earlier process", len(journal.steps))
+        await self._undo_all(journal, raise_errors=True)
+        await asyncio.to_thread(journal.clear)
+        self._journal = journal
+
+    async def _cleanup_by_name(self) -> None:
+        network = self._config.network
+        await dns.cleanup_by_name(self._runtime_dir)
+        await routing.cleanup_by_name(network)
+        if await self._backend.exists(network.interface):
+            log.info("[#] remove leftover interface %s", network.interface)
+            await self._backend.destroy(network.interface)
+
+    async def _undo_all(self, journal: Journal, *, raise_errors: bool) -> None:
+        """Undo steps newest first; keep going past failures, which stay recorded."""
+        first_error: NordwgdError | None = None
+        for step in reversed(list(journal.steps)):
+            try:
+                await self._undo_step(journal, step)
+            except NordwgdError as exc:
+                log.error("cannot undo %s: %s", step["step"], exc)
+                first_error = first_error or exc
+        if first_error is not None and raise_errors:
+            raise first_error
+
+    async def _undo_step(self, journal: Journal, step: Step) -> None:
+        kind = step["step"]
+        if kind == "link":
+            log.info("[#] remove interface %s", step["ifname"])
+            backend = await self._backend_for(step["backend"])
+            try:
+                await backend.destroy(step["ifname"])
+            except OSError as exc:
+                raise TunnelFailed(f"cannot remove {step['ifname']}: {exc}") from exc
+        elif kind in routing.ROUTING_STEPS:
+            await routing.undo(step)
+        elif kind == "dns":
+            await dns.undo(step)
+        else:
+            log.warning("ignoring an unknown recorded step %r", kind)
+        await asyncio.to_thread(journal.forget, step)
+
+    async def _backend_for(self, kind: str) -> WireGuardBackend:
+        if kind == self._backend.kind:
+            return self._backend
+        # Recorded by a process that used the other backend (the config changed since).
+        from nordwgd.wireguard import open_backend
+
+        if kind not in ("kernel", "userspace"):
+            raise TunnelFailed(f"the record names an unknown WireGuard backend {kind!r}")
+        return open_backend("kernel" if kind == "kernel" else "userspace")
+
+    async def _record(self, step: Step) -> None:
+        await asyncio.to_thread(self._journal.record, step)
+
+    def _reset(self) -> None:
+        self.is_up = False
+        self.interface = None
+        self.ifindex = None
+        self._params = None
+        self._dns_mode = None
+
+
+def _configure_link(ifindex: int, params: TunnelParams) -> None:
+    with IPRoute() as ipr:
+        address = params.address
+        ipr.addr("add", index=ifindex, address=str(address.ip),
+                 prefixlen=address.network.prefixlen)
+        ipr.link("set", index=ifindex, mtu=TUNNEL_MTU, state="up")
