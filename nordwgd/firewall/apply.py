@@ -1,0 +1,239 @@
+"""Applying a FirewallPolicy: one transaction, then a check that the kernel holds it.
+
+nftables first (in-process through libnftables, else ``nft -f -``); iptables-restore where
+nftables does not work, like the NordLynx container's detection. A rejected transaction leaves
+the previous rules in force, so a failure never opens traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+from nordwgd.errors import FirewallFailed, InvalidArgument
+from nordwgd.firewall import iptables
+from nordwgd.firewall.policy import FirewallPolicy
+from nordwgd.firewall.render import BASE_CHAINS, TABLE_FAMILY, TABLE_NAME, render, tag
+
+log = logging.getLogger(__name__)
+
+BackendName = Literal["auto", "nftables", "iptables"]
+_OPEN = FirewallPolicy(state="disconnected", block=False)
+_LIST_TABLE = f"list table {TABLE_FAMILY} {TABLE_NAME}"
+
+
+class _Engine(Protocol):
+    kind: str
+
+    async def apply(self, policy: FirewallPolicy) -> None: ...
+    async def applied(self) -> bool: ...
+
+
+async def _run(argv: Sequence[str], stdin: str = "") -> tuple[int, str, str]:
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as error:
+        return 127, "", f"{argv[0]}: {error.strerror or error}"
+    out, err = await process.communicate(stdin.encode())
+    return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+class _Nft:
+    """nft commands in this process (libnftables) or through the nft binary."""
+
+    def __init__(self, in_process: bool) -> None:
+        self.in_process = in_process
+
+    async def cmd(self, script: str, *, json_output: bool = False) -> tuple[int, str, str]:
+        if self.in_process:
+            return await asyncio.to_thread(_libnftables_cmd, script, json_output)
+        return await _run(["nft", *(["-j"] if json_output else []), "-f", "-"], script)
+
+
+def _libnftables_cmd(script: str, json_output: bool) -> tuple[int, str, str]:
+    import nftables
+
+    context = nftables.Nftables()
+    context.set_json_output(json_output)
+    rc, out, err = context.cmd(script)
+    return int(rc), str(out), str(err)
+
+
+def _libnftables_available() -> bool:
+    try:
+        import nftables  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _NftablesEngine:
+    kind = "nftables"
+
+    def __init__(self, nft: _Nft) -> None:
+        self._nft = nft
+
+    async def apply(self, policy: FirewallPolicy) -> None:
+        rc, _, err = await self._nft.cmd(render(policy))
+        if rc != 0:
+            raise FirewallFailed(f"nft rejected the ruleset ({policy.state}): {err.strip()}")
+        problem = await self._check(policy)
+        if problem:
+            raise FirewallFailed(f"firewall verification failed ({policy.state}): {problem}")
+
+    async def applied(self) -> bool:
+        return await self._table() is not None
+
+    async def _table(self) -> list[dict[str, Any]] | None:
+        rc, out, err = await self._nft.cmd(_LIST_TABLE, json_output=True)
+        if rc != 0:
+            if "No such file or directory" in err:
+                return None
+            raise FirewallFailed(f"cannot list the nordwgd table: {err.strip()}")
+        try:
+            objects: list[dict[str, Any]] = json.loads(out)["nftables"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise FirewallFailed(f"cannot read the nordwgd table listing: {error}") from error
+        return objects
+
+    async def _check(self, policy: FirewallPolicy) -> str | None:
+        objects = await self._table()
+        if not policy.block:
+            return None if objects is None else "the nordwgd table is still present"
+        if objects is None:
+            return "the nordwgd table is missing"
+        return check_listing(policy, objects)
+
+
+def check_listing(policy: FirewallPolicy, objects: list[dict[str, Any]]) -> str | None:
+    """None when the JSON listing of our table enforces ``policy``, else what is wrong."""
+    chains = {o["chain"]["name"]: o["chain"] for o in objects if "chain" in o}
+    marked = {
+        o["rule"]["chain"] for o in objects if o.get("rule", {}).get("comment") == tag(policy)
+    }
+    for name in BASE_CHAINS:
+        chain = chains.get(name)
+        if chain is None:
+            return f"chain {name} is missing"
+        if chain.get("policy") != "drop" or chain.get("hook") != name:
+            return f"chain {name} does not drop by default on hook {name}"
+        if name not in marked:
+            return f"chain {name} does not carry the policy marker {tag(policy)!r}"
+    return None
+
+
+class _IptablesEngine:
+    kind = "iptables"
+
+    def __init__(self) -> None:
+        self._tools = {family: _iptables_tools(family) for family in (4, 6)}
+
+    async def apply(self, policy: FirewallPolicy) -> None:
+        for family in (4, 6):
+            restore, save = self._tools[family]
+            saved = await self._save(save)
+            script = iptables.render_restore(policy, family, saved)
+            if script:
+                rc, _, err = await _run([restore, "-w", "--noflush"], script)
+                if rc != 0:
+                    raise FirewallFailed(
+                        f"{restore} rejected the ruleset ({policy.state}): {err.strip()}"
+                    )
+            problem = iptables.verify_saved(policy, await self._save(save))
+            if problem:
+                raise FirewallFailed(
+                    f"firewall verification failed ({policy.state}, IPv{family}): {problem}"
+                )
+
+    async def applied(self) -> bool:
+        saved = await self._save(self._tools[4][1])
+        return bool(saved.chains)
+
+    async def _save(self, save: str) -> iptables.SavedState:
+        rc, out, err = await _run([save])
+        if rc != 0:
+            raise FirewallFailed(f"{save} failed: {err.strip()}")
+        return iptables.parse_save(out)
+
+
+def _iptables_tools(family: int) -> tuple[str, str]:
+    """(restore, save) commands; the legacy ones when present, since nftables did not work."""
+    prefix = "iptables" if family == 4 else "ip6tables"
+    for variant in (f"{prefix}-legacy", prefix):
+        if shutil.which(f"{variant}-restore") and shutil.which(f"{variant}-save"):
+            return f"{variant}-restore", f"{variant}-save"
+    return f"{prefix}-restore", f"{prefix}-save"
+
+
+async def _detect(requested: BackendName) -> _Engine:
+    if requested in ("auto", "nftables"):
+        for nft in (_Nft(in_process=True), _Nft(in_process=False)):
+            if nft.in_process and not _libnftables_available():
+                continue
+            rc, _, err = await nft.cmd("list tables")
+            if rc == 0:
+                return _NftablesEngine(nft)
+            log.debug("nftables (%s) unusable: %s", "libnftables" if nft.in_process else "nft", err)
+        if requested == "nftables":
+            raise FirewallFailed("nftables does not work here (nft list tables failed)")
+    engine = _IptablesEngine()
+    save = engine._tools[4][1]
+    rc, _, err = await _run([save])
+    if rc != 0:
+        raise FirewallFailed(
+            f"no usable firewall: nftables failed and {save} failed: {err.strip()}"
+        )
+    return engine
+
+
+class Firewall:
+    """The kill-switch table: apply a policy as one verified transaction, or remove it."""
+
+    def __init__(self, backend: BackendName = "auto") -> None:
+        if backend not in ("auto", "nftables", "iptables"):
+            raise InvalidArgument(f"firewall backend {backend!r} is not auto, nftables or iptables")
+        self._requested: BackendName = backend
+        self._engine: _Engine | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def kind(self) -> str | None:
+        """The backend in use once detected ("nftables" | "iptables")."""
+        return self._engine.kind if self._engine else None
+
+    async def apply(self, policy: FirewallPolicy) -> None:
+        """Make the kernel enforce ``policy`` in one transaction; raises FirewallFailed."""
+        async with self._lock:
+            engine = await self._get_engine()
+            log.info(
+                "firewall: applying %s (%s, %s) via %s",
+                policy.state,
+                policy.blocking,
+                policy.digest,
+                engine.kind,
+            )
+            await engine.apply(policy)
+
+    async def remove(self) -> None:
+        """Delete nordwgd's rules (traffic open); idempotent."""
+        await self.apply(_OPEN)
+
+    async def applied(self) -> bool:
+        """True when nordwgd's table (or chains) exist in the kernel."""
+        async with self._lock:
+            return await (await self._get_engine()).applied()
+
+    async def _get_engine(self) -> _Engine:
+        if self._engine is None:
+            self._engine = await _detect(self._requested)
+            log.info("firewall: using %s", self._engine.kind)
+        return self._engine

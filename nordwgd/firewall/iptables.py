@@ -1,0 +1,213 @@
+"""The same policy as the nft table, rendered for iptables-restore / ip6tables-restore.
+
+Used where nftables does not work. Rules live in nordwgd's own chains (NORDWGD-INPUT, ...)
+jumped to from the top of the built-in chains; ``--noflush`` leaves everyone else's rules alone,
+and each family is one restore call (one commit per table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Literal
+
+from nordwgd.firewall.policy import DNS_PORTS, FirewallPolicy
+from nordwgd.firewall.render import tag
+
+Family = Literal[4, 6]
+_DNS_DROP = '-m comment --comment "dropped_dns" -j DROP'
+
+
+@dataclass(frozen=True)
+class Hook:
+    table: str
+    builtin: str
+    chain: str
+
+
+HOOKS = (
+    Hook("filter", "INPUT", "NORDWGD-INPUT"),
+    Hook("filter", "OUTPUT", "NORDWGD-OUTPUT"),
+    Hook("filter", "FORWARD", "NORDWGD-FORWARD"),
+    Hook("nat", "POSTROUTING", "NORDWGD-POSTROUTING"),
+)
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What iptables-save shows of nordwgd: its chains, and which built-ins jump to them."""
+
+    chains: frozenset[tuple[str, str]]  # (table, chain)
+    hooked: frozenset[Hook]
+    text: str
+
+
+def parse_save(text: str) -> SavedState:
+    chains: set[tuple[str, str]] = set()
+    hooked: set[Hook] = set()
+    table = ""
+    for line in text.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+        elif line.startswith(":NORDWGD-"):
+            chains.add((table, line[1:].split()[0]))
+        else:
+            for hook in HOOKS:
+                if hook.table == table and line.strip() == f"-A {hook.builtin} -j {hook.chain}":
+                    hooked.add(hook)
+    return SavedState(frozenset(chains), frozenset(hooked), text)
+
+
+def render_restore(policy: FirewallPolicy, family: Family, saved: SavedState) -> str:
+    """iptables-restore --noflush input that makes ``family`` enforce ``policy``."""
+    nat_needed = policy.block and bool(_forward_sources(policy, family))
+    lines: list[str] = []
+    for table in ("filter", "nat"):
+        hooks = [h for h in HOOKS if h.table == table]
+        present = any((table, h.chain) in saved.chains for h in hooks)
+        wanted = policy.block and (table == "filter" or nat_needed)
+        if not wanted and not present:
+            continue
+        lines.append(f"*{table}")
+        lines.extend(f":{h.chain} - [0:0]" for h in hooks)  # declaring flushes it
+        if wanted:
+            lines.extend(_rules(policy, family, table))
+            lines.extend(f"-I {h.builtin} 1 -j {h.chain}" for h in hooks if h not in saved.hooked)
+        else:
+            lines.extend(f"-D {h.builtin} -j {h.chain}" for h in hooks if h in saved.hooked)
+            lines.extend(f"-X {h.chain}" for h in hooks)
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def verify_saved(policy: FirewallPolicy, saved: SavedState) -> str | None:
+    """None when ``saved`` shows ``policy`` in force, else what is wrong."""
+    if not policy.block:
+        if saved.chains or saved.hooked:
+            return f"nordwgd chains are still present: {sorted(c for _, c in saved.chains)}"
+        return None
+    marker = f'--comment "{tag(policy)}"'
+    for hook in HOOKS[:3]:
+        if hook not in saved.hooked:
+            return f"{hook.builtin} does not jump to {hook.chain}"
+        if not any(
+            line.startswith(f"-A {hook.chain} ") and marker in line
+            for line in saved.text.splitlines()
+        ):
+            return f"{hook.chain} does not carry the policy marker {tag(policy)!r}"
+    return None
+
+
+def _rules(policy: FirewallPolicy, family: Family, table: str) -> list[str]:
+    if table == "nat":
+        tunnel = policy.tunnel_interface
+        return [
+            f"-A NORDWGD-POSTROUTING -o {tunnel} -s {net} -j MASQUERADE"
+            for net in _forward_sources(policy, family)
+        ]
+    return [*_input(policy, family), *_output(policy, family), *_forward(policy, family)]
+
+
+def _input(policy: FirewallPolicy, family: Family) -> list[str]:
+    chain = "-A NORDWGD-INPUT"
+    rules = [
+        f'{chain} -i lo -m comment --comment "{tag(policy)}" -j ACCEPT',
+        f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    ]
+    if family == 4:
+        rules.append(f"{chain} -p udp -m udp --sport 67 --dport 68 -j ACCEPT")
+    else:
+        rules.append(f"{chain} -p udp -m udp --sport 547 --dport 546 -j ACCEPT")
+        rules.extend(
+            f"{chain} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
+            for kind in (
+                "router-advertisement",
+                "neighbour-solicitation",
+                "neighbour-advertisement",
+            )
+        )
+    rules.extend(f"{chain} -s {net} -j ACCEPT" for net in _lan(policy, family))
+    rules.append(f'{chain} -m comment --comment "dropped_input" -j DROP')
+    return rules
+
+
+def _output(policy: FirewallPolicy, family: Family) -> list[str]:
+    chain = "-A NORDWGD-OUTPUT"
+    mark = f"-m mark --mark 0x{policy.fwmark:x}"
+    dports = "-m multiport --dports " + ",".join(str(p) for p in DNS_PORTS)
+    rules = [f'{chain} -o lo -m comment --comment "{tag(policy)}" -j ACCEPT']
+    if family == 4:
+        rules.append(f"{chain} -p udp -m udp --sport 68 --dport 67 -j ACCEPT")
+    else:
+        rules.append(f"{chain} -p udp -m udp --sport 546 --dport 547 -j ACCEPT")
+        rules.extend(
+            f"{chain} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
+            for kind in ("router-solicitation", "neighbour-solicitation", "neighbour-advertisement")
+        )
+    endpoint = policy.endpoint
+    if endpoint is not None and _version(endpoint.address) == family:
+        rules.append(
+            f"{chain} -d {endpoint.address} -p udp -m udp --dport {endpoint.port} {mark} -j ACCEPT"
+        )
+    rules.extend(
+        f"{chain} -d {address} -p tcp -m tcp --dport {policy.api_port} {mark} -j ACCEPT"
+        for address in policy.api_addresses
+        if _version(address) == family
+    )
+    tunnel = policy.tunnel_interface if _tunnel_carries(policy, family) else None
+    if tunnel:
+        rules.extend(
+            f"{chain} -o {tunnel} -d {address} -p {proto} {dports} -j ACCEPT"
+            for address in policy.tunnel_dns
+            if _version(address) == family
+            for proto in ("udp", "tcp")
+        )
+    rules.extend(f"{chain} -p {proto} {dports} {_DNS_DROP}" for proto in ("udp", "tcp"))
+    if tunnel:
+        rules.append(f"{chain} -o {tunnel} -j ACCEPT")
+    rules.extend(f"{chain} -d {net} -j ACCEPT" for net in _lan(policy, family))
+    rules.append(f'{chain} -m comment --comment "dropped_output" -j DROP')
+    return rules
+
+
+def _forward(policy: FirewallPolicy, family: Family) -> list[str]:
+    chain = "-A NORDWGD-FORWARD"
+    dports = "-m multiport --dports " + ",".join(str(p) for p in DNS_PORTS)
+    rules = [f'{chain} -m conntrack --ctstate INVALID -m comment --comment "{tag(policy)}" -j DROP']
+    tunnel = policy.tunnel_interface
+    for net in _forward_sources(policy, family):
+        rules.append(
+            f"{chain} -i {tunnel} ! -o {tunnel} -d {net} "
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        )
+        rules.extend(
+            f"{chain} ! -i {tunnel} -o {tunnel} -s {net} -d {address} -p {proto} {dports} -j ACCEPT"
+            for address in policy.tunnel_dns
+            if _version(address) == family
+            for proto in ("udp", "tcp")
+        )
+        rules.extend(
+            f"{chain} ! -i {tunnel} -s {net} -p {proto} {dports} {_DNS_DROP}"
+            for proto in ("udp", "tcp")
+        )
+        rules.append(f"{chain} ! -i {tunnel} -o {tunnel} -s {net} -j ACCEPT")
+    rules.append(f'{chain} -m comment --comment "dropped_forward" -j DROP')
+    return rules
+
+
+def _tunnel_carries(policy: FirewallPolicy, family: Family) -> bool:
+    return policy.tunnel_interface is not None and (family == 4 or policy.ipv6_tunnel)
+
+
+def _forward_sources(policy: FirewallPolicy, family: Family) -> list[IPv4Network | IPv6Network]:
+    if not _tunnel_carries(policy, family):
+        return []
+    return [n for n in policy.forward_from if n.version == family]
+
+
+def _lan(policy: FirewallPolicy, family: Family) -> list[IPv4Network | IPv6Network]:
+    return [n for n in policy.lan if n.version == family]
+
+
+def _version(address: IPv4Address | IPv6Address) -> int:
+    return 4 if isinstance(address, IPv4Address) else 6
