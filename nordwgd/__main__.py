@@ -1,0 +1,5 @@
+"""``python -m nordwgd`` runs the daemon."""
+
+from nordwgd.daemon import main
+
+raise SystemExit(main())

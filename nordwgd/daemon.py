@@ -1,0 +1,176 @@
+"""The ``nordwgd`` entry point: config, logging, the Manager, and the D-Bus service.
+
+Start-up order matters for a kill switch: the Manager applies its initial firewall policy in
+``start()`` before the service announces itself (READY=1), so nothing leaks while booting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from dbus_fast import BusType, DBusError, Message, MessageType, NameFlag, RequestNameReply
+
+from nordwgd import __version__, systemd
+from nordwgd.bus import BUS_NAME, OBJECT_PATH
+from nordwgd.bus.polkit import Authorizer
+from nordwgd.bus.service import ManagerFacade, ServiceBus, export_manager
+from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
+from nordwgd.errors import ConfigError, NordwgdError
+
+logger = logging.getLogger("nordwgd.daemon")
+
+EX_OK = 0
+EX_FAILURE = 1
+EX_USAGE = 2
+EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd shows it as "CONFIG" and does not loop on it
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class StartupError(Exception):
+    """The daemon cannot start (bus unreachable, name taken); the message says why."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="nordwgd",
+        description="NordVPN NordLynx (WireGuard) daemon with a kill-switch firewall.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"config file (default: {DEFAULT_CONFIG_PATH}; missing = built-in defaults)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=None,
+        metavar="LEVEL",
+        help="one of: " + ", ".join(LOG_LEVELS) + " (default: log_level from the config)",
+    )
+    parser.add_argument("--version", action="version", version=f"nordwgd {__version__}")
+    return parser.parse_args(argv)
+
+
+def keep_blocking_on_stop(properties: dict[str, object]) -> bool:
+    """Whether stopping the daemon must leave the kill switch in place.
+
+    Only a user who disconnected (with Lockdown off) asked for open traffic; in every other
+    state stopping (a restart, an upgrade, a crash loop) must not open a leak.
+    """
+    return bool(properties.get("Lockdown")) or properties.get("State") != "disconnected"
+
+
+class DaemonManager(ManagerFacade, Protocol):
+    async def start(self) -> None: ...
+    async def stop(self, *, keep_blocking: bool) -> None: ...
+
+
+def create_manager(config: Config) -> DaemonManager:
+    from nordwgd.manager import Manager
+
+    manager: DaemonManager = Manager(config)
+    return manager
+
+
+async def _name_is_taken(bus: ServiceBus) -> bool:
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="NameHasOwner",
+            signature="s",
+            body=[BUS_NAME],
+        )
+    )
+    if reply is None or reply.message_type is MessageType.ERROR:
+        raise StartupError(f"the bus daemon did not answer NameHasOwner({BUS_NAME})")
+    return bool(reply.body[0])
+
+
+async def _connect_bus() -> ServiceBus:
+    try:
+        bus = await ServiceBus(bus_type=BusType.SYSTEM).connect()
+    except (OSError, EOFError, DBusError, ValueError) as error:
+        raise StartupError(f"cannot connect to the system bus: {error}") from None
+    assert isinstance(bus, ServiceBus)
+    return bus
+
+
+async def run(config: Config) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1)."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+
+    bus = await _connect_bus()
+    try:
+        # Checked before touching the system: another nordwgd owns the firewall table.
+        if await _name_is_taken(bus):
+            raise StartupError(f"the bus name {BUS_NAME} is already owned (is nordwgd running?)")
+        manager = create_manager(config)
+        await manager.start()
+        export_manager(bus, manager, Authorizer(bus))
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            await manager.stop(keep_blocking=True)
+            raise StartupError(f"cannot own the bus name {BUS_NAME} ({reply.name})")
+        watchdog = systemd.Watchdog(lambda: bus.connected)
+        watchdog.start()
+        state = manager.properties().get("State", "")
+        systemd.ready(f"{state}; serving {BUS_NAME} at {OBJECT_PATH}")
+        logger.info("nordwgd %s ready on %s", __version__, BUS_NAME)
+
+        stop_wait = asyncio.ensure_future(stop_requested.wait())
+        bus_gone = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        await asyncio.wait({stop_wait, bus_gone}, return_when=asyncio.FIRST_COMPLETED)
+        exit_code = EX_OK if stop_requested.is_set() else EX_FAILURE
+        if exit_code != EX_OK:
+            logger.error("lost the connection to the system bus; stopping")
+        stop_wait.cancel()
+
+        keep_blocking = keep_blocking_on_stop(manager.properties())
+        systemd.stopping("stopping; kill switch " + ("kept" if keep_blocking else "removed"))
+        logger.info("stopping (keep_blocking=%s)", keep_blocking)
+        await watchdog.stop()
+        await manager.stop(keep_blocking=keep_blocking)
+        if bus.connected:
+            with contextlib.suppress(DBusError, OSError, EOFError):
+                await bus.release_name(BUS_NAME)
+        bus_gone.cancel()
+        return exit_code
+    finally:
+        bus.disconnect()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"nordwgd: {error}", file=sys.stderr)
+        return EX_CONFIG
+    systemd.setup_logging(args.log_level or config.log_level)
+    try:
+        return asyncio.run(run(config))
+    except StartupError as error:
+        print(f"nordwgd: {error}", file=sys.stderr)
+        logger.error("%s", error)
+        return EX_FAILURE
+    except NordwgdError as error:
+        print(f"nordwgd: cannot start: {error.nick}: {error}", file=sys.stderr)
+        logger.error("cannot start: %s: %s", error.nick, error)
+        return EX_FAILURE
+    except KeyboardInterrupt:
+        return EX_OK
