@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nordwgd.config import DEFAULT_CONFIG_PATH, load_config
 from nordwgd.errors import (
@@ -33,6 +34,8 @@ from nordwgd.errors import (
 )
 
 DATA_DIRECTORY = Path(__file__).resolve().parent / "data"
+
+ApiObject = dict[str, Any]  # one JSON object of an API body, its keys checked by parse_body
 
 
 @dataclass(frozen=True, eq=False)  # identity: used as a dict key
@@ -125,14 +128,13 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", plain).split())
 
 
-def _check_entries(body: object, source: _Source, where: str) -> list[dict[str, object]]:
+def _check_entries(body: object, source: _Source, where: str) -> list[ApiObject]:
     """The parsed body as a list of objects with the expected keys, else ApiUnavailable."""
     if not isinstance(body, list) or not body:
         raise ApiUnavailable(f"{where}: expected a non-empty JSON array of objects")
     for index, entry in enumerate(body):
         _check_keys(entry, source.required, f"{where}: entry {index}")
         if source is COUNTRIES:
-            assert isinstance(entry, dict)
             for position, city in enumerate(entry["cities"]):
                 _check_keys(city, _CITY_KEYS, f"{where}: entry {index} city {position}")
     return body
@@ -149,7 +151,7 @@ def _check_keys(entry: object, keys: Mapping[str, type | tuple[type, ...]], wher
             raise ApiUnavailable(f"{where}: {key!r} has the wrong type")
 
 
-def parse_body(data: bytes, source: _Source, where: str) -> list[dict[str, object]]:
+def parse_body(data: bytes, source: _Source, where: str) -> list[ApiObject]:
     """Decode and check one API body (or catalog file)."""
     try:
         body = json.loads(data)
@@ -191,29 +193,28 @@ class Catalog:
 
     @classmethod
     def from_api_bodies(
-        cls, countries: list[dict[str, object]], groups: list[dict[str, object]],
-        technologies: list[dict[str, object]],
-    ) -> Catalog:  # fmt: skip
+        cls, countries: list[ApiObject], groups: list[ApiObject], technologies: list[ApiObject]
+    ) -> Catalog:
+        """A catalog from bodies that passed ``parse_body``."""
         parsed_countries = []
         for entry in countries:
-            country_id, code = int(str(entry["id"])), str(entry["code"]).upper()
+            code = entry["code"].upper()
             cities = tuple(
-                City(int(c["id"]), str(c["name"]), str(c["dns_name"]), country_id, code)
-                for c in entry["cities"]  # type: ignore[attr-defined]
+                City(city["id"], city["name"], city["dns_name"], entry["id"], code)
+                for city in entry["cities"]
             )
-            parsed_countries.append(Country(country_id, str(entry["name"]), code, cities))
+            parsed_countries.append(Country(entry["id"], entry["name"], code, cities))
         parsed_groups = [
             Group(
-                int(str(entry["id"])),
-                str(entry["title"]),
-                str(entry["identifier"]),
-                str(entry["type"].get("identifier", "")),  # type: ignore[attr-defined]
+                entry["id"],
+                entry["title"],
+                entry["identifier"],
+                str(entry["type"].get("identifier", "")),
             )
             for entry in groups
         ]
         parsed_technologies = [
-            Technology(int(str(entry["id"])), str(entry["name"]), str(entry["identifier"]))
-            for entry in technologies
+            Technology(entry["id"], entry["name"], entry["identifier"]) for entry in technologies
         ]
         return cls(parsed_countries, parsed_groups, parsed_technologies)
 
