@@ -568,7 +568,7 @@ class FakeApi:
             return
         try:
             for address in self._listen:
-                server = _TlsServer(address, self._state)
+                server = self._bind(address)
                 self._servers.append(server)
                 thread = threading.Thread(
                     target=server.serve_forever,
@@ -581,6 +581,14 @@ class FakeApi:
         except BaseException:
             self.stop()
             raise
+
+    def _bind(self, address: tuple[str, int]) -> _TlsServer:
+        # Later addresses with port 0 share the first one's port when they can, so that
+        # a client configured with one API port reaches all of them.
+        if address[1] == 0 and self._servers:
+            with contextlib.suppress(OSError):
+                return _TlsServer((address[0], self.addresses[0][1]), self._state)
+        return _TlsServer(address, self._state)
 
     def stop(self) -> None:
         self._state.stopping.set()

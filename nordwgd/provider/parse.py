@@ -1,0 +1,318 @@
+"""Pure parsers from NordVPN API response bytes to nordwgd values.
+
+Every malformed response raises ApiUnavailable naming the endpoint, the JSON path of the
+offending value and what is wrong with it; secret values are never quoted. Shapes follow the
+captured responses described in the fixtures README.
+
+A server whose wireguard_udp entry is missing, or carries no well-formed public key, parses
+with ``public_key=None``: it is not usable for NordLynx and selection skips it. In a list of
+servers an entry that is malformed in itself is skipped (and logged) so that one bad server
+does not make the whole API unusable; a list in which every entry is malformed is an error.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import logging
+import re
+from base64 import b64decode
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any, NoReturn, TypeVar
+
+from nordwgd.errors import ApiUnavailable
+from nordwgd.model import Credentials, IPAddress, Secret, Server
+
+log = logging.getLogger(__name__)
+
+WIREGUARD_IDENTIFIER = "wireguard_udp"
+KEY_BYTES = 32
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Insights:
+    """What the API sees of the caller: address, location, and whether it is a NordVPN server."""
+
+    ip: IPAddress
+    protected: bool
+    country: str = ""
+    country_code: str = ""
+    city: str = ""
+    isp: str = ""
+
+
+@dataclass(frozen=True)
+class ApiError:
+    """The ``{"errors": {"code": ..., "message": ...}}`` body of a failed call."""
+
+    code: int
+    message: str
+
+
+_TYPE_NAMES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
+
+
+def _describe(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+class _Context:
+    """Where in which response a value sits, for error messages."""
+
+    __slots__ = ("path", "source")
+
+    def __init__(self, source: str, path: str = "") -> None:
+        self.source = source
+        self.path = path
+
+    def at(self, key: str | int) -> _Context:
+        step = f"[{key}]" if isinstance(key, int) else (f".{key}" if self.path else key)
+        return _Context(self.source, self.path + step)
+
+    def fail(self, what: str) -> NoReturn:
+        where = f"{self.path}: " if self.path else ""
+        raise ApiUnavailable(f"unusable answer from the NordVPN API ({self.source}): {where}{what}")
+
+    def expect(self, value: object, kind: type[T]) -> T:
+        # bool is an int in Python, but never an acceptable integer in these documents.
+        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            return value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return value  # type: ignore[return-value]
+        self.fail(f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_describe(value)}")
+
+    def field(self, obj: dict[str, Any], key: str, kind: type[T]) -> T:
+        if key not in obj:
+            self.at(key).fail("missing")
+        return self.at(key).expect(obj[key], kind)
+
+
+def decode_json(data: bytes, source: str) -> Any:
+    """The decoded JSON document, or ApiUnavailable when the body is not JSON."""
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        snippet = data[:40].decode("utf-8", "replace").strip()
+        raise ApiUnavailable(
+            f"unusable answer from the NordVPN API ({source}): not JSON"
+            + (f" (starts with {snippet!r})" if snippet else " (empty body)")
+        ) from None
+    except RecursionError:
+        raise ApiUnavailable(
+            f"unusable answer from the NordVPN API ({source}): JSON nested too deeply"
+        ) from None
+
+
+def parse_error(data: bytes) -> ApiError | None:
+    """The API's error object in a failed call's body, or None when there is none."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    errors = document.get("errors")
+    if not isinstance(errors, dict):
+        return None
+    code, message = errors.get("code"), errors.get("message")
+    if isinstance(code, bool) or not isinstance(code, int) or not isinstance(message, str):
+        return None
+    return ApiError(code, message)
+
+
+def _ip(ctx: _Context, value: object) -> IPAddress:
+    text = ctx.expect(value, str)
+    try:
+        return ip_address(text)
+    except ValueError:
+        ctx.fail(f"{text[:64]!r} is not an IP address")
+
+
+def _ipv4(ctx: _Context, value: object) -> IPv4Address:
+    address = _ip(ctx, value)
+    if not isinstance(address, IPv4Address):
+        ctx.fail(f"{address} is not an IPv4 address")
+    return address
+
+
+def _wireguard_key(value: str) -> bytes | None:
+    try:
+        raw = b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == KEY_BYTES else None
+
+
+def _wireguard(ctx: _Context, technologies: list[Any]) -> tuple[str | None, bool]:
+    """(public key or None, pivot online) of the server's wireguard_udp entry."""
+    for index, entry in enumerate(technologies):
+        here = ctx.at(index)
+        entry = here.expect(entry, dict)
+        if here.field(entry, "identifier", str) != WIREGUARD_IDENTIFIER:
+            continue
+        pivot = here.field(entry, "pivot", dict)
+        online = here.at("pivot").field(pivot, "status", str) == "online"
+        metadata = entry.get("metadata", [])
+        if not isinstance(metadata, list):
+            here.at("metadata").fail(f"expected an array, got {_describe(metadata)}")
+        for item in metadata:
+            # Metadata values are not always strings; only a well-formed key counts.
+            if isinstance(item, dict) and item.get("name") == "public_key":
+                value = item.get("value")
+                if isinstance(value, str) and _wireguard_key(value) is not None:
+                    return value, online
+        return None, online
+    return None, False
+
+
+def parse_server(obj: object, source: str = "server", *, _ctx: _Context | None = None) -> Server:
+    """One server object (already decoded from JSON)."""
+    ctx = _ctx or _Context(source)
+    server = ctx.expect(obj, dict)
+    load = ctx.field(server, "load", int)
+    if not 0 <= load <= 100:
+        ctx.at("load").fail(f"{load} is not a load between 0 and 100")
+    hostname = ctx.field(server, "hostname", str)
+    if not _HOSTNAME.fullmatch(hostname):
+        ctx.at("hostname").fail(f"{hostname[:64]!r} is not a host name")
+    ipv6_text = server.get("ipv6_station", "")
+    ipv6: IPv6Address | None = None
+    if ipv6_text not in ("", None):
+        address = _ip(ctx.at("ipv6_station"), ipv6_text)
+        if not isinstance(address, IPv6Address):
+            ctx.at("ipv6_station").fail(f"{address} is not an IPv6 address")
+        ipv6 = address
+    locations = ctx.field(server, "locations", list)
+    if not locations:
+        ctx.at("locations").fail("empty")
+    lctx = ctx.at("locations").at(0)
+    location = lctx.expect(locations[0], dict)
+    cctx = lctx.at("country")
+    country = lctx.field(location, "country", dict)
+    city = cctx.field(country, "city", dict)
+    groups_ctx = ctx.at("groups")
+    identifiers: list[str] = []
+    titles: list[str] = []
+    for index, group in enumerate(ctx.field(server, "groups", list)):
+        gctx = groups_ctx.at(index)
+        group = gctx.expect(group, dict)
+        identifiers.append(gctx.field(group, "identifier", str))
+        titles.append(gctx.field(group, "title", str))
+    public_key, wireguard_online = _wireguard(
+        ctx.at("technologies"), ctx.field(server, "technologies", list)
+    )
+    return Server(
+        id=ctx.field(server, "id", int),
+        name=ctx.field(server, "name", str),
+        hostname=hostname,
+        station=_ipv4(ctx.at("station"), ctx.field(server, "station", str)),
+        ipv6_station=ipv6,
+        load=load,
+        status=ctx.field(server, "status", str),
+        country=cctx.field(country, "name", str),
+        country_code=cctx.field(country, "code", str),
+        country_id=cctx.field(country, "id", int),
+        city=cctx.at("city").field(city, "name", str),
+        city_id=cctx.at("city").field(city, "id", int),
+        groups=tuple(identifiers),
+        group_titles=tuple(titles),
+        public_key=public_key,
+        wireguard_online=wireguard_online,
+    )
+
+
+def parse_servers(data: bytes, source: str = "servers") -> list[Server]:
+    """A JSON array of server objects, in the API's order; malformed entries are skipped."""
+    ctx = _Context(source)
+    document = ctx.expect(decode_json(data, source), list)
+    servers: list[Server] = []
+    first_error: ApiUnavailable | None = None
+    for index, obj in enumerate(document):
+        try:
+            servers.append(parse_server(obj, _ctx=ctx.at(index)))
+        except ApiUnavailable as error:
+            first_error = first_error or error
+            log.warning("skipping a malformed server: %s", error)
+    if first_error is not None and not servers:
+        raise first_error
+    return servers
+
+
+def parse_credentials(data: bytes, source: str = "credentials") -> Credentials:
+    """The credentials object; only the NordLynx private key is kept (as a Secret)."""
+    ctx = _Context(source)
+    document = ctx.expect(decode_json(data, source), dict)
+    key = ctx.field(document, "nordlynx_private_key", str)
+    if _wireguard_key(key) is None:
+        # Never quote the value: it is the account's private key.
+        ctx.at("nordlynx_private_key").fail(
+            f"not a base64 WireGuard key of {KEY_BYTES} bytes ({len(key)} characters)"
+        )
+    return Credentials(private_key=Secret(key))
+
+
+def parse_insights(data: bytes, source: str = "insights") -> Insights:
+    ctx = _Context(source)
+    document = ctx.expect(decode_json(data, source), dict)
+
+    def text(key: str) -> str:
+        value = document.get(key, "")
+        return "" if value is None else ctx.at(key).expect(value, str)
+
+    return Insights(
+        ip=_ip(ctx.at("ip"), ctx.field(document, "ip", str)),
+        protected=ctx.field(document, "protected", bool),
+        country=text("country"),
+        country_code=text("country_code"),
+        city=text("city"),
+        isp=text("isp"),
+    )
+
+
+def parse_object_list(
+    data: bytes, source: str, required: dict[str, type] | None = None
+) -> list[dict[str, Any]]:
+    """A JSON array of objects, each holding ``required`` keys of the given types."""
+    ctx = _Context(source)
+    document = ctx.expect(decode_json(data, source), list)
+    result: list[dict[str, Any]] = []
+    for index, item in enumerate(document):
+        here = ctx.at(index)
+        obj = here.expect(item, dict)
+        for key, kind in (required or {}).items():
+            here.field(obj, key, kind)
+        result.append(obj)
+    return result
+
+
+def parse_countries(data: bytes) -> list[dict[str, Any]]:
+    countries = parse_object_list(data, "countries", {"id": int, "name": str, "code": str})
+    ctx = _Context("countries")
+    for index, country in enumerate(countries):
+        cities = ctx.at(index).field(country, "cities", list)
+        for city_index, city in enumerate(cities):
+            here = ctx.at(index).at("cities").at(city_index)
+            city = here.expect(city, dict)
+            here.field(city, "id", int)
+            here.field(city, "name", str)
+    return countries
+
+
+def parse_groups(data: bytes) -> list[dict[str, Any]]:
+    return parse_object_list(data, "groups", {"id": int, "title": str, "identifier": str})
+
+
+def parse_technologies(data: bytes) -> list[dict[str, Any]]:
+    return parse_object_list(data, "technologies", {"id": int, "name": str, "identifier": str})
