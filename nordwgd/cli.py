@@ -336,9 +336,7 @@ async def cmd_disconnect(client: Client, args: argparse.Namespace) -> int:
     await client.watch(follower)
     before = str(await client.get("State"))
     await client.call("Disconnect")
-    await _wait_for(
-        client, follower, "disconnected", before=before, limit=args.timeout, quiet=True
-    )
+    await _wait_for(client, follower, "disconnected", before=before, limit=args.timeout, quiet=True)
     lockdown = await client.get("Lockdown")
     _print("disconnected" + (" (lockdown on: traffic stays blocked)" if lockdown else ""))
     return EXIT_OK

@@ -1,0 +1,257 @@
+"""Private D-Bus fixtures: a throw-away dbus-daemon and a runner for the real nordwgd daemon.
+
+The bus listens on a unix socket in a fresh world-readable directory under /tmp, accepts
+EXTERNAL authentication from any user (so a client dropped to ``nobody`` can talk to it), and
+allows every own/send/receive: authorization is then decided only by nordwgd itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
+BUS_NAME = "org.nordwgd.Nordwgd1"
+
+_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+</busconfig>
+"""
+
+
+@dataclass
+class PrivateBus:
+    address: str
+    directory: Path
+    process: subprocess.Popen[str]
+
+    def name_has_owner(self, name: str = BUS_NAME) -> bool:
+        result = subprocess.run(
+            [
+                "busctl",
+                f"--address={self.address}",
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "NameHasOwner",
+                "s",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return result.stdout.strip() == "b true"
+
+
+def _start_bus() -> PrivateBus:
+    directory = Path(tempfile.mkdtemp(prefix="nordwgd-bus-"))
+    # World-traversable so that a client running as nobody reaches the socket.
+    directory.chmod(0o755)
+    socket = directory / "bus.sock"
+    config = directory / "bus.conf"
+    config.write_text(_BUS_CONFIG.format(socket=socket))
+    process = subprocess.Popen(
+        ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    address = process.stdout.readline().strip()
+    if not address:
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        shutil.rmtree(directory, ignore_errors=True)
+        raise RuntimeError(f"dbus-daemon did not start: {err.strip()}")
+    socket.chmod(0o777)
+    return PrivateBus(address=address, directory=directory, process=process)
+
+
+def _stop_process(process: subprocess.Popen[str], timeout: float = 20.0) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+@pytest.fixture
+def private_bus() -> Iterator[PrivateBus]:
+    """A private system-type bus; its address is ``private_bus.address``."""
+    bus = _start_bus()
+    try:
+        yield bus
+    finally:
+        _stop_process(bus.process, 10)
+        shutil.rmtree(bus.directory, ignore_errors=True)
+
+
+@dataclass
+class DaemonProcess:
+    """A real ``python -m nordwgd`` process attached to a private bus inside a netns."""
+
+    bus: PrivateBus
+    netns: str
+    config: Path
+    log: Path
+    process: subprocess.Popen[str] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 30.0) -> None:
+        env = {key: value for key, value in os.environ.items() if key in ("PATH", "LANG")}
+        env.update(self.extra_env)
+        env["PYTHONPATH"] = str(REPO)
+        env["DBUS_SYSTEM_BUS_ADDRESS"] = self.bus.address
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    self.netns,
+                    PYTHON,
+                    "-m",
+                    "nordwgd",
+                    "--config",
+                    str(self.config),
+                    "--log-level",
+                    "debug",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                cwd=REPO,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.bus.name_has_owner():
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"nordwgd exited with {self.process.returncode}:\n{self.log_text()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nordwgd did not take its bus name:\n{self.log_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        _stop_process(self.process)
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")[-8000:] if self.log.exists() else ""
+
+
+def client_argv(user: str | None = None) -> list[str]:
+    """Prefix that runs a command as ``user`` (name) or as the current user."""
+    if user is None:
+        return []
+    return ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups", "--"]
+
+
+_CALL_SCRIPT = r"""
+import asyncio, json, sys
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+from nordwgd.bus.convert import plain
+
+async def main():
+    address, interface, member, signature, body = sys.argv[1:6]
+    bus = await MessageBus(bus_address=address).connect()
+    args = json.loads(body)
+    if signature == "a{sv}":
+        args = [{k: Variant("s", v) for k, v in args[0].items()}]
+    reply = await bus.call(Message(destination="org.nordwgd.Nordwgd1", path="/org/nordwgd/Nordwgd1",
+        interface=interface, member=member, signature=signature, body=args))
+    if reply.message_type is MessageType.ERROR:
+        message = reply.body[0] if reply.body else ""
+        print(json.dumps({"error": reply.error_name, "message": message}))
+    else:
+        print(json.dumps({"body": plain(reply.body)}, default=str))
+
+asyncio.run(main())
+"""
+
+
+def call_as(
+    bus: PrivateBus,
+    user: str | None,
+    member: str,
+    signature: str = "",
+    body: Sequence[object] = (),
+    *,
+    interface: str = "org.nordwgd.Nordwgd1.Manager",
+) -> dict[str, object]:
+    """Call a method from a separate client process (as ``user``); {"error"|"body": ...}."""
+    result = subprocess.run(
+        [
+            *client_argv(user),
+            PYTHON,
+            "-c",
+            _CALL_SCRIPT,
+            bus.address,
+            interface,
+            member,
+            signature,
+            json.dumps(list(body)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)},
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"client as {user} failed: {result.stderr}")
+    reply: dict[str, object] = json.loads(result.stdout)
+    return reply
+
+
+@contextlib.contextmanager
+def running_daemon(bus: PrivateBus, netns: str, config: Path, log: Path) -> Iterator[DaemonProcess]:
+    """Start nordwgd on ``bus`` inside ``netns``; stop it (SIGTERM) afterwards."""
+    daemon = DaemonProcess(bus=bus, netns=netns, config=config, log=log)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
