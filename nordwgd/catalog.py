@@ -187,7 +187,10 @@ class Catalog:
 
     @classmethod
     def load(cls, directory: Path | None = None) -> Catalog:
-        """The catalog in ``directory`` (default: the package data); parsed once per directory."""
+        """The catalog in ``directory`` (default: the package data), parsed once per content.
+
+        The first call reads the files (blocking); the daemon loads it once at start-up.
+        """
         directory = (directory or DATA_DIRECTORY).resolve()
         return _load_cached(directory, _signature(directory))
 

@@ -45,7 +45,12 @@ def validate_token(text: str) -> Secret:
 
 
 def load_token(config: Config, credentials_dir: Path | None = None) -> Secret | None:
-    """The token from the first source that has one (see the module docstring), else None."""
+    """The token from the first source that has one (see the module docstring), else None.
+
+    Reads files: from the event loop, call it through ``asyncio.to_thread``. Raises
+    ConfigError for a credential or token_file that is refused or malformed, NotLoggedIn for
+    a damaged stored login.
+    """
     if credentials_dir is None:
         env = os.environ.get("CREDENTIALS_DIRECTORY")
         credentials_dir = Path(env) if env else None
@@ -76,7 +81,10 @@ def load_token(config: Config, credentials_dir: Path | None = None) -> Secret | 
 
 
 def store_token(state_dir: Path, token: Secret) -> Path:
-    """Write ``token`` to ``<state_dir>/token`` atomically, mode 0600 from the first byte."""
+    """Write ``token`` to ``<state_dir>/token`` atomically, mode 0600 from the first byte.
+
+    Blocking (file I/O and fsync): from the event loop, call it through ``asyncio.to_thread``.
+    """
     value = validate_token(token.reveal()).reveal()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = state_dir / STORED_TOKEN_NAME

@@ -257,6 +257,10 @@ BAD_CONFIGS = [
     ("[dns]\n\n[network]\nmode = 'host'\n\n\nipv6 = 'x'\n", 7, "network.ipv6", "one of"),
     ("network.backend = 'fast'\n", 1, "network.backend", "one of"),
     ('[api]\n"port" = "443"\n', 2, "api.port", "must be an integer"),
+    # Inside an inline table the key has no line of its own: the table's line is named.
+    ("\nnetwork = { backend = 'fast' }\n", 2, "network.backend", "one of"),
+    # An element of a multi-line array is named by index, at the array's line.
+    ("[api]\naddresses = [\n  '192.0.2.1',\n  'nope',\n]\n", 2, "api.addresses[1]", "address"),
     # A key inside a multi-line string is not mistaken for the real one.
     (
         '[location]\ncountry = """\nrandom_top = 1\n"""\nrandom_top = -1\n',
