@@ -1,0 +1,172 @@
+"""The engine: the one narrow door through which the state machine changes the system.
+
+The machine decides *what* should be true (a state, a server); the engine makes it true with the
+firewall (``nordwgd.firewall``), the WireGuard backend and the ``Connection`` (link, routes, DNS).
+Keeping this door narrow lets the machine's logic be tested with a recording double and the real
+engine be tested inside network namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from pyroute2 import IPRoute, NetlinkError
+
+from nordwgd.config import Config
+from nordwgd.connection import Connection
+from nordwgd.errors import FirewallFailed, InvalidArgument, TunnelFailed
+from nordwgd.firewall.apply import Firewall
+from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
+from nordwgd.model import Endpoint, IPAddress, TunnelParams
+from nordwgd.states import Blocking, State
+from nordwgd.wireguard import PeerStats, open_backend
+
+log = logging.getLogger(__name__)
+
+
+class Engine(Protocol):
+    """What the state machine needs from the system."""
+
+    @property
+    def interface(self) -> str | None:
+        """The tunnel interface while it exists."""
+
+    @property
+    def tunnel_is_up(self) -> bool: ...
+
+    async def apply_policy(
+        self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
+    ) -> Blocking:
+        """Replace the firewall ruleset by the one for ``state``; raises FirewallFailed."""
+
+    async def block_all(self) -> Blocking:
+        """The strictest policy there is, used when another policy could not be applied."""
+
+    async def remove_policy(self) -> None:
+        """Drop the firewall table (clean shutdown without blocking)."""
+
+    async def tunnel_up(self, params: TunnelParams) -> None: ...
+
+    async def tunnel_down(self) -> None: ...
+
+    async def wait_handshake(self, timeout: float) -> bool: ...  # noqa: ASYNC109
+
+    async def statistics(self) -> PeerStats: ...
+
+    async def recover(self) -> None:
+        """Undo what a killed process left behind (never the firewall)."""
+
+    async def is_online(self) -> bool:
+        """Whether the uplink has a route to the API at all (tells ``offline`` apart)."""
+
+
+EngineFactory = Callable[[Config], Engine]
+
+
+class SystemEngine:
+    """The real engine: the kill-switch firewall, the WireGuard backend and the Connection."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._firewall = Firewall("auto")
+        self._connection: Connection | None = None
+        self._dns: tuple[IPAddress, ...] = config.dns.servers
+
+    async def _get_connection(self) -> Connection:
+        if self._connection is None:
+            backend = await asyncio.to_thread(open_backend, self._config.network.backend)
+            self._connection = Connection(self._config, backend, self._config.paths.runtime_dir)
+        return self._connection
+
+    @property
+    def interface(self) -> str | None:
+        return None if self._connection is None else self._connection.interface
+
+    @property
+    def tunnel_is_up(self) -> bool:
+        return self._connection is not None and self._connection.is_up
+
+    def policy(
+        self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
+    ) -> FirewallPolicy:
+        network = self._config.network
+        try:
+            return policy_for_state(
+                state.value,
+                lockdown=lockdown,
+                allow_lan=allow_lan,
+                lan=network.lan,
+                endpoint=endpoint,
+                api_addresses=self._config.api.addresses,
+                api_port=self._config.api.port,
+                fwmark=network.fwmark,
+                tunnel_interface=network.interface if state == State.CONNECTED else None,
+                tunnel_dns=self._dns,
+                ipv6_tunnel=network.ipv6 == "tunnel",
+                forward_from=network.forward_from if network.mode == "gateway" else (),
+            )
+        except InvalidArgument as error:
+            raise FirewallFailed(f"no policy for {state.value}: {error}") from error
+
+    async def apply_policy(
+        self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
+    ) -> Blocking:
+        policy = self.policy(state, endpoint, lockdown=lockdown, allow_lan=allow_lan)
+        await self._firewall.apply(policy)
+        log.info("firewall: %s policy applied (%s)", state.value, policy.blocking)
+        return Blocking(policy.blocking)
+
+    async def block_all(self) -> Blocking:
+        return await self.apply_policy(State.ERROR, None, lockdown=True, allow_lan=False)
+
+    async def remove_policy(self) -> None:
+        await self._firewall.remove()
+
+    async def tunnel_up(self, params: TunnelParams) -> None:
+        connection = await self._get_connection()
+        self._dns = params.dns or self._config.dns.servers
+        await connection.up(params)
+
+    async def tunnel_down(self) -> None:
+        if self._connection is not None:
+            await self._connection.down()
+
+    async def wait_handshake(self, timeout: float) -> bool:  # noqa: ASYNC109 (Connection's API)
+        connection = await self._get_connection()
+        return await connection.wait_handshake(timeout)
+
+    async def statistics(self) -> PeerStats:
+        if self._connection is None or not self._connection.is_up:
+            return PeerStats(latest_handshake=0.0, rx_bytes=0, tx_bytes=0)
+        return await self._connection.statistics()
+
+    async def recover(self) -> None:
+        try:
+            connection = await self._get_connection()
+        except TunnelFailed as error:
+            # Without a backend there is no link to clean up; the firewall still goes up.
+            log.warning("recover: no WireGuard backend: %s", error)
+            return
+        await connection.recover()
+
+    async def is_online(self) -> bool:
+        return await asyncio.to_thread(_has_route, self._config.api.addresses)
+
+
+def _has_route(addresses: tuple[IPAddress, ...]) -> bool:
+    """Whether the kernel has a route to any of ``addresses`` (no route: we are offline)."""
+    with IPRoute() as ipr:
+        for address in addresses:
+            try:
+                if ipr.route("get", dst=str(address)):
+                    return True
+            except NetlinkError:
+                continue
+    return False
+
+
+def system_engine(config: Config) -> Engine:
+    return SystemEngine(config)

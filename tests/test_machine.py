@@ -1,0 +1,653 @@
+"""The state machine's logic, against an engine double that records every call.
+
+The double stands in only for the system (firewall, tunnel); the machine, its queue, the health
+monitor and the timings are the real ones, shortened through ``Tuning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface, ip_network
+
+import pytest
+
+from nordwgd import errors
+from nordwgd.config import Config, HealthConfig
+from nordwgd.health import HealthMonitor
+from nordwgd.machine import Machine, Tuning
+from nordwgd.model import Endpoint, Secret, Server, TunnelParams
+from nordwgd.planner import Place, Target
+from nordwgd.states import State
+from nordwgd.wireguard import PeerStats
+
+WAIT = 5.0  # upper bound for waits on state; never an assertion about speed
+TARGET = Target(places=(Place(81, None, "Germany"),), options=(("country", "DE"),))
+
+
+def on_server(hostname: str, state: str | None = None) -> Callable[[dict[str, object]], bool]:
+    def predicate(props: dict[str, object]) -> bool:
+        server = props["Server"]
+        assert isinstance(server, dict)
+        return server.get("hostname") == hostname and state in (None, props["State"])
+
+    return predicate
+
+
+def make_server(number: int, *, load: int = 10) -> Server:
+    return Server(
+        id=number,
+        name=f"Germany #{number}",
+        hostname=f"de{number}.nordvpn.com",
+        station=IPv4Address(f"203.0.113.{number}"),
+        ipv6_station=None,
+        load=load,
+        status="online",
+        country="Germany",
+        country_code="DE",
+        country_id=81,
+        city="Frankfurt",
+        city_id=2215709,
+        groups=("legacy_standard", "europe"),
+        group_titles=("Standard VPN servers", "Europe"),
+        public_key=f"key{number}",
+    )
+
+
+def params_for(server: Server) -> TunnelParams:
+    return TunnelParams(
+        private_key=Secret("private"),
+        address=IPv4Interface("10.5.0.2/32"),
+        peer_public_key=server.public_key or "",
+        endpoint=server.endpoint,
+        allowed_ips=(ip_network("0.0.0.0/0"),),
+        dns=(IPv4Address("198.18.0.53"),),
+        server=server,
+    )
+
+
+class FakePlanner:
+    """Hands out the servers in order, skipping excluded ones; or fails as told."""
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+        self.error: errors.NordwgdError | None = None
+        self.failed: list[str] = []
+        self.calls: list[tuple[int, frozenset[str]]] = []
+        self.hang = False
+
+    async def plan(self, target: Target, attempt: int, exclude: frozenset[str]) -> TunnelParams:
+        self.calls.append((attempt, exclude))
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.error is not None:
+            raise self.error
+        allowed = [s for s in self.servers if s.hostname not in exclude]
+        # Like the real planner: recently failed servers only when nothing else is left.
+        fresh = [s for s in allowed if s.hostname not in self.failed]
+        for server in fresh or allowed:
+            return params_for(server)
+        raise errors.NoServer("no server left")
+
+    def mark_failed(self, hostname: str) -> None:
+        self.failed.append(hostname)
+
+
+class FakeEngine:
+    """Records calls; handshakes succeed except for the hostnames in ``dead``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+        self.dead: set[str] = set()
+        self.fail_policy: set[State] = set()
+        self.fail_block_all = False
+        self.online = True
+        self.up: TunnelParams | None = None
+        self.handshake_at = time.time()
+        self.hang_handshake = False
+
+    @property
+    def interface(self) -> str | None:
+        return "nordlynx" if self.up else None
+
+    @property
+    def tunnel_is_up(self) -> bool:
+        return self.up is not None
+
+    async def apply_policy(
+        self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
+    ) -> str:
+        self.calls.append(("policy", state, endpoint, lockdown, allow_lan))
+        if state in self.fail_policy:
+            raise errors.FirewallFailed(f"cannot apply {state}")
+        from nordwgd.states import Blocking
+
+        return Blocking.OPEN if state == State.DISCONNECTED and not lockdown else Blocking.BLOCKED
+
+    async def block_all(self) -> str:
+        self.calls.append(("block_all",))
+        if self.fail_block_all:
+            raise errors.FirewallFailed("cannot block")
+        return "blocked"
+
+    async def remove_policy(self) -> None:
+        self.calls.append(("remove_policy",))
+
+    async def tunnel_up(self, params: TunnelParams) -> None:
+        assert params.server is not None
+        self.calls.append(("up", params.server.hostname))
+        self.up = params
+
+    async def tunnel_down(self) -> None:
+        self.calls.append(("down",))
+        self.up = None
+
+    async def wait_handshake(self, timeout: float) -> bool:  # noqa: ASYNC109
+        assert self.up is not None and self.up.server is not None
+        self.calls.append(("wait_handshake", self.up.server.hostname))
+        if self.hang_handshake:
+            await asyncio.Event().wait()
+        return self.up.server.hostname not in self.dead
+
+    async def statistics(self) -> PeerStats:
+        if self.up is None:
+            return PeerStats(0.0, 0, 0)
+        return PeerStats(self.handshake_at, 1000, 1000)
+
+    async def recover(self) -> None:
+        self.calls.append(("recover",))
+
+    async def is_online(self) -> bool:
+        return self.online
+
+    def kinds(self) -> list[object]:
+        return [call[0] for call in self.calls]
+
+    def policies(self) -> list[tuple[State, Endpoint | None]]:
+        return [(c[1], c[2]) for c in self.calls if c[0] == "policy"]  # type: ignore[misc]
+
+
+class Harness:
+    def __init__(self, machine: Machine, engine: FakeEngine, planner: FakePlanner) -> None:
+        self.machine = machine
+        self.engine = engine
+        self.planner = planner
+        self.notifications: list[dict[str, object]] = []
+        self.targets: list[Target | None] = []
+        self.settings: list[tuple[bool, bool]] = []
+        machine.subscribe(self.notifications.append)
+
+    def states(self) -> list[object]:
+        return [n["State"] for n in self.notifications if "State" in n]
+
+    async def wait_state(self, state: State) -> dict[str, object]:
+        return await self.machine.wait_for(lambda p: p["State"] == state.value, WAIT)
+
+
+def build(
+    *,
+    servers: int = 3,
+    lockdown: bool = False,
+    health: HealthConfig | None = None,
+    tuning: Tuning | None = None,
+    prober: object = None,
+) -> Harness:
+    config = Config()
+    config = replace(config, health=health or replace(config.health, handshake_timeout=0.2))
+    engine = FakeEngine()
+    planner = FakePlanner([make_server(n) for n in range(1, servers + 1)])
+    factory = HealthMonitor
+    if prober is not None:
+        factory = functools.partial(HealthMonitor, prober=prober)  # type: ignore[assignment]
+    harness_box: list[Harness] = []
+
+    async def on_target(target: Target | None) -> None:
+        harness_box[0].targets.append(target)
+
+    async def on_settings(lockdown: bool, allow_lan: bool) -> None:
+        harness_box[0].settings.append((lockdown, allow_lan))
+
+    machine = Machine(
+        config,
+        engine,  # type: ignore[arg-type]
+        planner,
+        version="0.1.0",
+        lockdown=lockdown,
+        allow_lan=False,
+        tuning=tuning or Tuning(retry_base=0.05, retry_max=0.2, health_tick=0.05),
+        on_target=on_target,
+        on_settings=on_settings,
+        health_factory=factory,
+    )
+    harness = Harness(machine, engine, planner)
+    harness_box.append(harness)
+    return harness
+
+
+@pytest.fixture
+async def started() -> object:
+    harness = build()
+    await harness.machine.start()
+    yield harness
+    await harness.machine.stop(keep_blocking=False)
+
+
+async def test_start_applies_the_disconnected_policy_first() -> None:
+    harness = build()
+    await harness.machine.start()
+    try:
+        assert harness.engine.policies() == [(State.DISCONNECTED, None)]
+        props = harness.machine.properties()
+        assert props["State"] == "disconnected"
+        assert props["Blocking"] == "open"
+        assert props["Version"] == "0.1.0"
+        assert props["Mode"] == "host"
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+    assert harness.engine.kinds()[-1] == "remove_policy"
+
+
+async def test_start_with_lockdown_blocks() -> None:
+    harness = build(lockdown=True)
+    await harness.machine.start()
+    try:
+        assert harness.machine.properties()["Blocking"] == "blocked"
+        assert harness.engine.calls[0] == ("policy", State.DISCONNECTED, None, True, False)
+    finally:
+        await harness.machine.stop(keep_blocking=True)
+    assert "remove_policy" not in harness.engine.kinds()
+
+
+async def test_connect_applies_policy_before_tunnel(started: Harness) -> None:
+    started.machine.connect(TARGET)
+    props = await started.wait_state(State.CONNECTED)
+    server = make_server(1)
+    assert started.engine.calls[1:] == [
+        ("policy", State.CONNECTING, None, False, False),  # API pinhole only
+        ("policy", State.CONNECTING, server.endpoint, False, False),  # + this server
+        ("up", server.hostname),
+        ("wait_handshake", server.hostname),
+        ("policy", State.CONNECTED, server.endpoint, False, False),
+    ]
+    assert props["Server"]["hostname"] == server.hostname  # type: ignore[index]
+    assert props["Server"]["endpoint"] == "203.0.113.1:51820"  # type: ignore[index]
+    assert props["Interface"] == "nordlynx"
+    assert props["TunnelAddress"] == "10.5.0.2/32"
+    assert props["ConnectedSince"] > 0  # type: ignore[operator]
+    assert props["Blocking"] == "blocked"
+    assert started.states() == ["connecting", "connected"]
+    assert started.targets == [TARGET]
+
+
+async def test_one_notification_per_transition(started: Harness) -> None:
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    started.machine.disconnect()
+    await started.wait_state(State.DISCONNECTED)
+    with_state = [n for n in started.notifications if "State" in n]
+    assert [n["State"] for n in with_state] == [
+        "connecting",
+        "connected",
+        "disconnecting",
+        "disconnected",
+    ]
+    # The server choice is its own property change, not a second transition.
+    others = [n for n in started.notifications if "State" not in n]
+    assert [sorted(n) for n in others] == [["Server"]]
+    for notification in started.notifications:
+        assert not {"RxBytes", "TxBytes", "LatestHandshake"} & set(notification)
+
+
+async def test_disconnect_tears_down_after_blocking(started: Harness) -> None:
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    started.engine.calls.clear()
+    started.machine.disconnect()
+    props = await started.wait_state(State.DISCONNECTED)
+    assert started.engine.calls == [
+        ("policy", State.DISCONNECTING, None, False, False),
+        ("down",),
+        ("policy", State.DISCONNECTED, None, False, False),
+    ]
+    assert props["Blocking"] == "open"
+    assert props["Server"] == {}
+    assert props["Interface"] == ""
+    assert props["ConnectedSince"] == 0
+    assert started.targets[-1] is None
+
+
+async def test_disconnect_with_lockdown_stays_blocked() -> None:
+    harness = build(lockdown=True)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.CONNECTED)
+        harness.machine.disconnect()
+        props = await harness.wait_state(State.DISCONNECTED)
+        assert props["Blocking"] == "blocked"
+    finally:
+        await harness.machine.stop(keep_blocking=True)
+
+
+async def test_falls_back_to_the_next_server_without_handshake(started: Harness) -> None:
+    started.engine.dead = {"de1.nordvpn.com"}
+    started.machine.connect(TARGET)
+    props = await started.wait_state(State.CONNECTED)
+    assert props["Server"]["hostname"] == "de2.nordvpn.com"  # type: ignore[index]
+    assert started.planner.failed == ["de1.nordvpn.com"]
+    assert started.planner.calls == [(0, frozenset()), (1, frozenset({"de1.nordvpn.com"}))]
+    # The dead server's tunnel came down, and the pinhole moved to the next server.
+    kinds = started.engine.kinds()
+    assert kinds.count("up") == 2
+    assert ("down",) in started.engine.calls
+    assert (State.CONNECTING, make_server(2).endpoint) in started.engine.policies()
+    assert started.states() == ["connecting", "connected"]
+
+
+async def test_no_handshake_from_any_server_is_tunnel_failed_and_retried() -> None:
+    harness = build(servers=3)
+    harness.engine.dead = {"de1.nordvpn.com", "de2.nordvpn.com", "de3.nordvpn.com"}
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        props = await harness.wait_state(State.ERROR)
+        assert props["ErrorCause"] == "tunnel-failed"
+        assert props["Blocking"] == "blocked"
+        assert harness.engine.up is None
+        assert len(harness.planner.failed) == 3
+        # Transient: the machine retries by itself, and succeeds once a server answers.
+        harness.engine.dead.clear()
+        props = await harness.wait_state(State.CONNECTED)
+        assert props["ErrorCause"] == ""
+        assert harness.states()[:3] == ["connecting", "error", "connecting"]
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_fewer_servers_than_attempts_ends_in_tunnel_failed() -> None:
+    harness = build(servers=1)
+    harness.engine.dead = {"de1.nordvpn.com"}
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        props = await harness.wait_state(State.ERROR)
+        assert props["ErrorCause"] == "tunnel-failed"
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+@pytest.mark.parametrize(
+    ("error", "cause", "retried"),
+    [
+        (errors.AuthFailed("401"), "auth-failed", False),
+        (errors.NotLoggedIn("no token"), "not-logged-in", False),
+        (errors.NoServer("nothing"), "no-server", False),
+        (errors.UnknownLocation("Atlantis"), "unknown-location", False),
+        (errors.ApiUnavailable("500"), "api-unavailable", True),
+    ],
+)
+async def test_api_errors_set_their_cause(
+    error: errors.NordwgdError, cause: str, retried: bool
+) -> None:
+    harness = build()
+    harness.planner.error = error
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        props = await harness.wait_state(State.ERROR)
+        assert props["ErrorCause"] == cause
+        assert props["Blocking"] == "blocked"  # the error policy, never open
+        assert harness.engine.policies()[-1] == (State.ERROR, None)
+        assert "up" not in harness.engine.kinds()
+        calls_before = len(harness.planner.calls)
+        await asyncio.sleep(0.5)  # several backoff periods of the shortened tuning
+        assert (len(harness.planner.calls) > calls_before) is retried
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_api_unavailable_without_a_route_is_offline() -> None:
+    harness = build()
+    harness.planner.error = errors.ApiUnavailable("connect: network unreachable")
+    harness.engine.online = False
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        props = await harness.wait_state(State.ERROR)
+        assert props["ErrorCause"] == "offline"
+        harness.planner.error = None
+        harness.engine.online = True
+        await harness.wait_state(State.CONNECTED)  # offline is transient: retried
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_routing_failure_is_not_blamed_on_the_server(started: Harness) -> None:
+    async def failing_up(params: TunnelParams) -> None:
+        raise errors.RoutingFailed("no table")
+
+    started.engine.tunnel_up = failing_up  # type: ignore[method-assign]
+    started.machine.connect(TARGET)
+    props = await started.wait_state(State.ERROR)
+    assert props["ErrorCause"] == "routing-failed"
+    assert started.planner.failed == []
+
+
+async def test_tunnel_failure_moves_to_the_next_server(started: Harness) -> None:
+    original = started.engine.tunnel_up
+
+    async def flaky_up(params: TunnelParams) -> None:
+        assert params.server is not None
+        if params.server.hostname == "de1.nordvpn.com":
+            raise errors.TunnelFailed("wireguard-go died")
+        await original(params)
+
+    started.engine.tunnel_up = flaky_up  # type: ignore[method-assign]
+    started.machine.connect(TARGET)
+    props = await started.wait_state(State.CONNECTED)
+    assert props["Server"]["hostname"] == "de2.nordvpn.com"  # type: ignore[index]
+    assert started.planner.failed == ["de1.nordvpn.com"]
+
+
+async def test_reconnect_picks_another_server(started: Harness) -> None:
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    started.machine.reconnect(TARGET)
+    await started.machine.wait_for(on_server("de2.nordvpn.com", "connected"), WAIT)
+    assert started.states() == ["connecting", "connected", "reconnecting", "connected"]
+    assert started.planner.calls[-1] == (0, frozenset({"de1.nordvpn.com"}))
+    # The old tunnel went down after the reconnecting policy blocked it.
+    policies = started.engine.policies()
+    assert (State.RECONNECTING, None) in policies
+    tail = started.engine.kinds()[-6:]
+    assert tail == ["policy", "down", "policy", "up", "wait_handshake", "policy"]
+
+
+async def test_reconnect_when_disconnected_connects_to_the_given_target(started: Harness) -> None:
+    started.machine.reconnect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    assert started.targets == [TARGET]
+
+
+async def test_disconnect_interrupts_a_pending_handshake(started: Harness) -> None:
+    started.engine.hang_handshake = True
+    started.machine.connect(TARGET)
+    await started.machine.wait_for(lambda p: p["Server"] != {}, WAIT)
+    await asyncio.sleep(0.05)
+    started.machine.disconnect()
+    props = await started.wait_state(State.DISCONNECTED)
+    assert props["Blocking"] == "open"
+    assert started.engine.up is None
+
+
+async def test_disconnect_interrupts_a_hanging_api(started: Harness) -> None:
+    started.planner.hang = True
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTING)
+    started.machine.disconnect()
+    await started.wait_state(State.DISCONNECTED)
+    assert "up" not in started.engine.kinds()
+
+
+async def test_disconnect_cancels_the_retry() -> None:
+    harness = build()
+    harness.planner.error = errors.ApiUnavailable("down")
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.ERROR)
+        harness.machine.disconnect()
+        await harness.wait_state(State.DISCONNECTED)
+        calls = len(harness.planner.calls)
+        await asyncio.sleep(0.4)
+        assert len(harness.planner.calls) == calls
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_firewall_failure_on_entering_a_state_blocks_everything(started: Harness) -> None:
+    started.engine.fail_policy = {State.CONNECTED}
+    started.machine.connect(TARGET)
+    props = await started.wait_state(State.ERROR)
+    assert props["Blocking"] == "block-failed"
+    assert props["ErrorCause"] == "firewall-failed"
+    assert props["Server"] == {}
+    assert "block_all" in started.engine.kinds()
+    assert started.engine.up is None  # the tunnel does not outlive a failed policy
+    assert started.states() == ["connecting", "error"]
+
+
+async def test_firewall_failure_at_start_is_visible() -> None:
+    harness = build()
+    harness.engine.fail_policy = {State.DISCONNECTED}
+    harness.engine.fail_block_all = True
+    await harness.machine.start()
+    try:
+        props = harness.machine.properties()
+        assert props["State"] == "error"
+        assert props["Blocking"] == "block-failed"
+        assert props["ErrorCause"] == "firewall-failed"
+    finally:
+        await harness.machine.stop(keep_blocking=True)
+
+
+async def test_set_lockdown_reapplies_the_current_policy(started: Harness) -> None:
+    started.engine.calls.clear()
+    await started.machine.set_lockdown(True)
+    assert started.engine.calls == [("policy", State.DISCONNECTED, None, True, False)]
+    props = started.machine.properties()
+    assert props["Lockdown"] is True
+    assert props["Blocking"] == "blocked"
+    assert started.notifications[-1] == {"Lockdown": True, "Blocking": "blocked"}
+    assert started.settings == [(True, False)]
+    await started.machine.set_lockdown(False)
+    assert started.machine.properties()["Blocking"] == "open"
+    assert started.settings == [(True, False), (False, False)]
+
+
+async def test_set_allow_lan_reapplies_the_connected_policy(started: Harness) -> None:
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    started.engine.calls.clear()
+    await started.machine.set_allow_lan(True)
+    endpoint = make_server(1).endpoint
+    assert started.engine.calls == [("policy", State.CONNECTED, endpoint, False, True)]
+    assert started.notifications[-1] == {"AllowLan": True}
+    assert started.machine.state == State.CONNECTED
+
+
+async def test_setting_that_cannot_be_applied_ends_in_error(started: Harness) -> None:
+    started.engine.fail_policy = {State.DISCONNECTED}
+    with pytest.raises(errors.FirewallFailed):
+        await started.machine.set_lockdown(True)
+    props = await started.wait_state(State.ERROR)
+    assert props["Blocking"] == "block-failed"
+    assert props["ErrorCause"] == "firewall-failed"
+
+
+async def test_resume_blocks_then_connects() -> None:
+    harness = build()
+    await harness.machine.start(resume=TARGET)
+    try:
+        assert harness.engine.calls[0] == ("policy", State.CONNECTING, None, False, False)
+        await harness.wait_state(State.CONNECTED)
+        assert harness.engine.policies()[0] != (State.DISCONNECTED, None)
+    finally:
+        await harness.machine.stop(keep_blocking=True)
+
+
+async def test_stop_keep_blocking_leaves_tunnel_and_table(started: Harness) -> None:
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    started.engine.calls.clear()
+    await started.machine.stop(keep_blocking=True)
+    assert started.engine.calls == []
+
+
+async def test_stale_handshake_fails_over_once_without_flapping() -> None:
+    health = replace(
+        Config().health, handshake_timeout=0.2, handshake_max_age=60.0, attempts=2, interval=3600
+    )
+    tuning = Tuning(
+        retry_base=0.05,
+        retry_max=0.2,
+        health_tick=0.02,
+        failover_min_interval=0.8,
+        failover_max_interval=5.0,
+    )
+    harness = build(health=health, tuning=tuning)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.CONNECTED)
+        harness.engine.handshake_at = time.time() - 3600  # every server looks dead from now on
+        await harness.machine.wait_for(on_server("de2.nordvpn.com", "connected"), WAIT)
+        failover_at = time.monotonic()
+        # The next failure comes within a few ticks, but the switch waits out the interval.
+        await harness.machine.wait_for(on_server("de3.nordvpn.com"), WAIT)
+        # Ordering, not speed: the second switch did not come before the minimum interval.
+        assert time.monotonic() - failover_at >= 0.8 - 0.05
+        assert harness.states()[:4] == ["connecting", "connected", "reconnecting", "connected"]
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_failed_probes_fail_over() -> None:
+    probed: list[str] = []
+
+    async def prober(url: str, seconds: float) -> str | None:
+        probed.append(url)
+        return "ConnectTimeout"
+
+    health = replace(
+        Config().health,
+        urls=("http://198.51.100.80/",),
+        attempts=2,
+        interval=0.05,
+        handshake_timeout=0.2,
+    )
+    harness = build(health=health, prober=prober)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.CONNECTED)
+        await harness.wait_state(State.RECONNECTING)
+        assert len(probed) >= 2
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_check_health_reports_details(started: Harness) -> None:
+    healthy, details = await started.machine.check_health()
+    assert not healthy
+    assert details["state"] == "disconnected"
+    started.machine.connect(TARGET)
+    await started.wait_state(State.CONNECTED)
+    healthy, details = await started.machine.check_health()
+    assert healthy
+    assert details["rx_bytes"] == 1000
+    assert 0 <= details["handshake_age"] < 60  # type: ignore[operator]
+    assert started.machine.properties()["RxBytes"] == 1000
