@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import textwrap
 from collections.abc import Iterator
 from ipaddress import IPv4Address, ip_network
+from pathlib import Path
 
 import pytest
 
 from nordwgd.errors import TunnelFailed
 from nordwgd.model import Endpoint, Secret
 from nordwgd.testing.fleet import generate_keypair
-from nordwgd.testing.netns import create_netns, delete_netns, run_python, unique_name
+from nordwgd.testing.netns import (
+    RUN_ID,
+    create_netns,
+    delete_netns,
+    run,
+    run_python,
+    unique_name,
+)
 from nordwgd.wireguard.uapi import (
     DeviceConfig,
     PeerConfig,
@@ -114,6 +125,13 @@ def netns() -> Iterator[str]:
     try:
         yield name
     finally:
+        # A failed snippet may leave wireguard-go running in the namespace, with its socket.
+        pids = run(["ip", "netns", "pids", name], check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+        for sock in Path("/var/run/wireguard").glob(f"wt{RUN_ID}*.sock"):
+            sock.unlink(missing_ok=True)
         delete_netns(name)
 
 
