@@ -10,131 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import os
-import subprocess
-from collections.abc import AsyncIterator, Callable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 import pytest
-from dbus_fast import Message, MessageType, NameFlag, RequestNameReply, Variant
-from dbus_fast.aio import MessageBus
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from nordwgd import errors
-from nordwgd.bus import BUS_NAME, INTERFACE_NAME, OBJECT_PATH
+from nordwgd.bus import BUS_NAME, INTERFACE_NAME
 from nordwgd.bus.convert import PROPERTY_SIGNATURES, plain
-from nordwgd.bus.polkit import Authorizer
-from nordwgd.bus.service import ServiceBus, export_manager
-from tests.fixtures_dbus import PYTHON, REPO, PrivateBus, call_as, client_argv
+from tests.fixtures_dbus import (
+    PYTHON,
+    REPO,
+    PrivateBus,
+    Service,
+    call_as,
+    client_argv,
+    connect_client,
+)
 
 PREFIX = "org.nordwgd.Nordwgd1.Error."
-
-
-class RecordingManager:
-    """Implements the Manager facade in memory and records every call it gets."""
-
-    def __init__(self) -> None:
-        self.props: dict[str, object] = {
-            "State": "disconnected",
-            "ErrorCause": "",
-            "Blocking": "open",
-            "Lockdown": False,
-            "AllowLan": True,
-            "Mode": "host",
-            "Server": {},
-            "Interface": None,
-            "TunnelAddress": "",
-            "ConnectedSince": 0,
-            "Version": "0.1.0",
-            "LatestHandshake": 0,
-            "RxBytes": 0,
-            "TxBytes": 0,
-            "ForwardedPort": 0,
-        }
-        self.calls: list[tuple[str, object]] = []
-        self.failure: BaseException | None = None
-        self._subscribers: list[Callable[[dict[str, object]], None]] = []
-
-    def properties(self) -> dict[str, object]:
-        return dict(self.props)
-
-    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> None:
-        self._subscribers.append(callback)
-
-    def change(self, **changed: object) -> None:
-        self.props.update(changed)
-        for callback in self._subscribers:
-            callback(dict(changed))
-
-    def _record(self, name: str, argument: object = None) -> None:
-        self.calls.append((name, argument))
-        if self.failure is not None:
-            raise self.failure
-
-    async def connect(self, options: Mapping[str, str]) -> None:
-        self._record("connect", dict(options))
-        self.change(State="connecting", Blocking="blocked")
-        self.change(
-            State="connected",
-            Interface="nwg0",
-            Server={"hostname": "de1001.nordvpn.com", "load": 7, "groups": ["P2P"]},
-            ConnectedSince=1_700_000_000_000_000,
-            RxBytes=10,
-        )
-
-    async def disconnect(self) -> None:
-        self._record("disconnect")
-        self.change(State="disconnected", Blocking="open", Server={}, Interface="")
-
-    async def reconnect(self) -> None:
-        self._record("reconnect")
-
-    async def renew(self) -> None:
-        self._record("renew")
-
-    async def check_health(self) -> tuple[bool, dict[str, object]]:
-        self._record("check_health")
-        return True, {"handshake_age": 1.5, "probes": {"http://192.0.2.1/": "ok"}}
-
-    async def set_lockdown(self, enabled: bool, /) -> None:
-        self._record("set_lockdown", enabled)
-        self.change(Lockdown=enabled)
-
-    async def set_allow_lan(self, enabled: bool, /) -> None:
-        self._record("set_allow_lan", enabled)
-        self.change(AllowLan=enabled)
-
-    async def set_token(self, token: str, /) -> None:
-        self._record("set_token", len(token))
-
-    async def logout(self) -> None:
-        self._record("logout")
-
-    async def list_countries(self) -> list[tuple[str, str, str]]:
-        self._record("list_countries")
-        return [("DE", "Germany", "81"), ("SE", "Sweden", "208")]
-
-    async def list_cities(self, country: str, /) -> list[tuple[str, str]]:
-        self._record("list_cities", country)
-        if country != "DE":
-            raise errors.UnknownLocation(f"country {country!r}", ["Germany"])
-        return [("Frankfurt", "2215")]
-
-    async def list_groups(self) -> list[tuple[str, str]]:
-        self._record("list_groups")
-        return [("legacy_p2p", "P2P")]
-
-    async def list_servers(self, filter: Mapping[str, str], /) -> list[dict[str, object]]:
-        self._record("list_servers", dict(filter))
-        return [{"hostname": "de1001.nordvpn.com", "load": 7, "groups": ["P2P"], "x": None}]
-
-    async def get_statistics(self) -> dict[str, object]:
-        self._record("get_statistics")
-        return {"rx_bytes": 10, "tx_bytes": 20, "latest_handshake": 0}
-
-    async def diagnose(self, mode: str, /) -> dict[str, object]:
-        self._record("diagnose", mode)
-        return {"mode": mode, "public_ip": "198.51.100.7"}
 
 
 class FakePolkit(ServiceInterface):
@@ -150,8 +47,13 @@ class FakePolkit(ServiceInterface):
 
     @dbus_method()
     async def CheckAuthorization(
-        self, subject: "(sa{sv})", action_id: "s", details: "a{ss}", flags: "u", cancel: "s"
-    ) -> "(bba{ss})":
+        self,
+        subject: Annotated[list[Any], DBusSignature("(sa{sv})")],
+        action_id: DBusStr,
+        details: Annotated[dict[str, str], DBusSignature("a{ss}")],
+        flags: DBusUInt32,
+        cancel: DBusStr,
+    ) -> Annotated[list[Any], DBusSignature("(bba{ss})")]:
         kind, fields = subject
         self.asked.append((kind, fields["name"].value, flags))
         self.asked_event.set()
@@ -159,69 +61,9 @@ class FakePolkit(ServiceInterface):
         return [self.answer, False, {}]
 
 
-async def _connect(address: str) -> MessageBus:
-    return await MessageBus(bus_address=address).connect()
-
-
-class Service:
-    def __init__(self, bus: MessageBus, client: MessageBus, manager: RecordingManager) -> None:
-        self.bus = bus
-        self.client = client
-        self.manager = manager
-
-    async def call(
-        self,
-        member: str,
-        signature: str = "",
-        body: list[Any] | None = None,
-        interface: str = INTERFACE_NAME,
-    ) -> Message:
-        reply = await self.client.call(
-            Message(
-                destination=BUS_NAME,
-                path=OBJECT_PATH,
-                interface=interface,
-                member=member,
-                signature=signature,
-                body=body or [],
-            )
-        )
-        assert reply is not None
-        return reply
-
-    async def error_of(
-        self, member: str, signature: str = "", body: list[Any] | None = None
-    ) -> str:
-        reply = await self.call(member, signature, body)
-        assert reply.message_type is MessageType.ERROR, f"{member} unexpectedly succeeded"
-        assert reply.error_name is not None
-        return reply.error_name
-
-    async def ok(
-        self, member: str, signature: str = "", body: list[Any] | None = None
-    ) -> list[Any]:
-        reply = await self.call(member, signature, body)
-        assert reply.message_type is MessageType.METHOD_RETURN, (reply.error_name, reply.body)
-        return list(reply.body)
-
-
-@pytest.fixture
-async def service(private_bus: PrivateBus) -> AsyncIterator[Service]:
-    bus = await ServiceBus(bus_address=private_bus.address).connect()
-    manager = RecordingManager()
-    export_manager(bus, manager, Authorizer(bus, timeout=30))
-    assert await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE) is RequestNameReply.PRIMARY_OWNER
-    client = await _connect(private_bus.address)
-    try:
-        yield Service(bus, client, manager)
-    finally:
-        client.disconnect()
-        bus.disconnect()
-
-
 @pytest.fixture
 async def polkit(private_bus: PrivateBus) -> AsyncIterator[FakePolkit]:
-    bus = await _connect(private_bus.address)
+    bus = await connect_client(private_bus.address)
     authority = FakePolkit()
     bus.export("/org/freedesktop/PolicyKit1/Authority", authority)
     await bus.request_name("org.freedesktop.PolicyKit1")
@@ -368,7 +210,7 @@ async def test_unknown_location_message_has_suggestions(service: Service) -> Non
 async def test_properties_changed_follow_the_manager(
     service: Service, private_bus: PrivateBus
 ) -> None:
-    watcher = await _connect(private_bus.address)
+    watcher = await connect_client(private_bus.address)
     seen: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
     def on_message(msg: Message) -> None:
