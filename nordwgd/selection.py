@@ -10,8 +10,8 @@ Rules, in order:
 2. One location keeps the API's order (the API already ranks by load); several locations
    are merged and sorted by load (stable, so ties keep the API's order).
 3. Pinned hostnames come first, in the order given, as if their load were 0.
-4. Recently failed hostnames are left out, unless that leaves nothing: then they are
-   tried again (after the others would have been) rather than giving up.
+4. Recently failed hostnames (``exclude``) move to the end: every other server is tried
+   first, and a failed one is tried again only when nothing else is left.
 5. ``random_top=N`` shuffles the N best (not the pinned ones) with ``random.Random(seed)``,
    spreading clients over the least loaded servers.
 An empty result raises NoServer naming the request and why the listed servers do not count.
