@@ -1,0 +1,437 @@
+"""The kill switch in a real kernel: policies applied in a fresh namespace pair, real probes.
+
+Topology (names unique per run, removed in finalizers):
+
+    host netns                                  peer netns
+    host  192.168.77.2/24 fd00:77::2/64  <--->  peer 192.168.77.1/24 fd00:77::1/64   (uplink, LAN)
+    tun0  10.5.0.2/30                    <--->  tunpeer 10.5.0.1/30                  (tunnel stand-in)
+                                                lo: 203.0.113.11 (endpoint), 198.51.100.20/21 (API),
+                                                    198.51.100.99 (the Internet)
+
+Policies are applied inside the host netns by a child Python process; probes are sent from the
+host netns and counted by nft counters in the peer's prerouting hook (what actually arrived).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pickle
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from ipaddress import ip_address, ip_network
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
+from nordwgd.model import Endpoint
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+MARK = 0xCA6C
+ENDPOINT = ip_address("203.0.113.11")
+API = (ip_address("198.51.100.20"), ip_address("198.51.100.21"))
+INTERNET = "198.51.100.99"
+LAN_PEER = "192.168.77.1"
+TUNNEL_PEER = "10.5.0.1"
+
+APPLY = """
+import asyncio, pickle, sys
+from nordwgd.errors import FirewallFailed
+from nordwgd.firewall import Firewall
+
+async def main() -> int:
+    firewall = Firewall(sys.argv[1])
+    command = sys.argv[2]
+    try:
+        if command == "apply":
+            await firewall.apply(pickle.load(sys.stdin.buffer))
+        elif command == "remove":
+            await firewall.remove()
+        print(f"applied={await firewall.applied()} kind={firewall.kind}")
+    except FirewallFailed as error:
+        print(error, file=sys.stderr)
+        return 3
+    return 0
+
+sys.exit(asyncio.run(main()))
+"""
+
+PROBE = """
+import socket, sys
+kind, host, port, mark = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+sock = socket.socket(family, socket.SOCK_DGRAM if kind != "tcp" else socket.SOCK_STREAM)
+sock.settimeout(1.0)
+if mark:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+payload = b"probe"
+if kind == "dns":  # a real query for example.com A
+    payload = bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001")
+try:
+    if kind == "tcp":
+        sock.connect((host, port))
+    else:
+        sock.sendto(payload, (host, port))
+    print("sent")
+except OSError as error:
+    print(f"refused: {error}")
+"""
+
+# Opens a TCP flow while traffic is open, then blocks, then tries to keep talking.
+CONNTRACK_DRIVER = """
+import asyncio, pickle, socket, sys, time
+from nordwgd.firewall import Firewall
+policy = pickle.load(sys.stdin.buffer)
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+sock.sendall(b"before;")
+time.sleep(0.3)
+asyncio.run(Firewall("nftables").apply(policy))
+sock.setblocking(False)
+for _ in range(10):
+    try:
+        sock.send(b"after;")
+    except OSError as error:
+        print(f"send failed: {error}")
+    time.sleep(0.1)
+print("done")
+"""
+
+LISTENER = """
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+server.settimeout(10)
+conn, _ = server.accept()
+conn.settimeout(2.5)
+data = b""
+while True:
+    try:
+        chunk = conn.recv(4096)
+    except TimeoutError:
+        break
+    if not chunk:
+        break
+    data += chunk
+print(data.decode(), flush=True)
+"""
+
+
+def run(*argv: str, input: bytes | None = None, check: bool = True) -> str:
+    result = subprocess.run(argv, input=input, capture_output=True, timeout=30)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{argv} failed: {result.stderr.decode()}")
+    return result.stdout.decode()
+
+
+@dataclass
+class Pair:
+    host: str
+    peer: str
+    _keys: Iterator[int]
+
+    def apply(self, policy: FirewallPolicy, backend: str = "nftables") -> str:
+        result = subprocess.run(
+            ["ip", "netns", "exec", self.host, PYTHON, "-c", APPLY, backend, "apply"],
+            input=pickle.dumps(policy),
+            capture_output=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        if result.returncode == 3:
+            from nordwgd.errors import FirewallFailed
+
+            raise FirewallFailed(result.stderr.decode().strip())
+        assert result.returncode == 0, result.stderr.decode()
+        return result.stdout.decode()
+
+    def remove(self, backend: str = "nftables") -> str:
+        return run("ip", "netns", "exec", self.host, PYTHON, "-c", APPLY, backend, "remove")
+
+    def probe(self, kind: str, host: str, port: int, *, mark: int = 0, user: str = "") -> str:
+        argv = ["ip", "netns", "exec", self.host]
+        if user:
+            argv += ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups"]
+        return run(*argv, "/usr/bin/python3", "-c", PROBE, kind, host, str(port), str(mark))
+
+    def ping(self, address: str) -> bool:
+        argv = ["ip", "netns", "exec", self.host, "ping", "-c1", "-W1", "-n", address]
+        return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+
+    def arrived(self, match: str, action: Any) -> int:
+        """Packets matching ``match`` that reached the peer while ``action()`` ran."""
+        key = f"w{next(self._keys)}"
+        run("ip", "netns", "exec", self.peer, "nft", "add", "rule", "inet", "mon", "pre",
+            *match.split(), "counter", "comment", f'"{key}"')  # fmt: skip
+        action()
+        time.sleep(0.05)
+        listing = json.loads(
+            run(
+                "ip", "netns", "exec", self.peer, "nft", "-j", "list", "chain", "inet", "mon", "pre"
+            )
+        )
+        for item in listing["nftables"]:
+            rule = item.get("rule")
+            if rule and rule.get("comment") == key:
+                return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+        raise AssertionError(f"monitor rule {key} vanished")
+
+    def nft_host(self, *argv: str) -> str:
+        return run("ip", "netns", "exec", self.host, "nft", *argv)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    suffix = secrets.token_hex(4)
+    host, peer = f"fwh-{suffix}", f"fwp-{suffix}"
+    created: list[str] = []
+    try:
+        for name in (host, peer):
+            run("ip", "netns", "add", name)
+            created.append(name)
+        h = ("ip", "-n", host)
+        p = ("ip", "-n", peer)
+        run(*h, "link", "add", "host", "type", "veth", "peer", "name", "peer", "netns", peer)
+        run(*h, "link", "add", "tun0", "type", "veth", "peer", "name", "tunpeer", "netns", peer)
+        for side, links in ((h, ("lo", "host", "tun0")), (p, ("lo", "peer", "tunpeer"))):
+            for link in links:
+                run(*side, "link", "set", link, "up")
+        run(*h, "addr", "add", "192.168.77.2/24", "dev", "host")
+        run(*h, "addr", "add", "fd00:77::2/64", "dev", "host", "nodad")
+        run(*h, "addr", "add", "10.5.0.2/30", "dev", "tun0")
+        run(*h, "route", "add", "default", "via", LAN_PEER)
+        run(*h, "-6", "route", "add", "default", "via", "fd00:77::1")
+        run(*p, "addr", "add", "192.168.77.1/24", "dev", "peer")
+        run(*p, "addr", "add", "fd00:77::1/64", "dev", "peer", "nodad")
+        run(*p, "addr", "add", "10.5.0.1/30", "dev", "tunpeer")
+        for address in (ENDPOINT, *API, ip_address(INTERNET)):
+            run(*p, "addr", "add", f"{address}/32", "dev", "lo")
+        run("ip", "netns", "exec", peer, "nft", "-f", "-",
+            input=b"table inet mon { chain pre { type filter hook prerouting priority -300; policy accept; }; }\n")  # fmt: skip
+        yield Pair(host, peer, itertools.count())
+    finally:
+        for name in created:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def policy(state: str, **overrides: Any) -> FirewallPolicy:
+    arguments: dict[str, Any] = {
+        "lockdown": False,
+        "allow_lan": False,
+        "lan": (ip_network("192.168.77.0/24"),),
+        "endpoint": Endpoint(ENDPOINT),
+        "api_addresses": API,
+        "api_port": 443,
+        "fwmark": MARK,
+        "tunnel_interface": "tun0",
+        "tunnel_dns": (ip_address(TUNNEL_PEER),),
+        "ipv6_tunnel": False,
+    }
+    arguments.update(overrides)
+    return policy_for_state(state, **arguments)
+
+
+BLOCKING = {
+    "connecting": policy("connecting"),
+    "reconnecting": policy("reconnecting"),
+    "disconnecting": policy("disconnecting"),
+    "error": policy("error"),
+    "lockdown": policy("disconnected", lockdown=True),
+}
+
+
+def test_open_baseline_then_remove(pair: Pair) -> None:
+    """Without our table everything flows, so the blocked results below mean something."""
+    assert "applied=False" in pair.apply(policy("disconnected"))
+    assert pair.ping(INTERNET) and pair.ping(LAN_PEER)
+    assert pair.arrived(
+        f"ip daddr {LAN_PEER} udp dport 53", lambda: pair.probe("dns", LAN_PEER, 53)
+    )
+    assert "applied=True kind=nftables" in pair.apply(BLOCKING["error"])
+    assert "applied=False" in pair.remove()
+    assert "applied=False" in pair.remove()  # idempotent
+    assert pair.ping(INTERNET)
+
+
+@pytest.mark.parametrize("state", sorted(BLOCKING))
+def test_blocking_states_drop(pair: Pair, state: str) -> None:
+    pair.apply(BLOCKING[state])
+    assert not pair.ping(INTERNET)
+    assert not pair.ping(LAN_PEER)
+    for match, probe in (
+        (f"ip daddr {INTERNET} icmp type echo-request", lambda: pair.ping(INTERNET)),
+        (f"ip daddr {INTERNET} udp dport 9999", lambda: pair.probe("udp", INTERNET, 9999)),
+        (f"ip daddr {LAN_PEER} udp dport 53", lambda: pair.probe("dns", LAN_PEER, 53)),
+        (f"ip daddr {INTERNET} tcp dport 80", lambda: pair.probe("tcp", INTERNET, 80)),
+        # even the daemon's mark opens nothing but the pinholes
+        (f"ip daddr {INTERNET} udp dport 51820", lambda: pair.probe("udp", INTERNET, 51820, mark=MARK)),
+    ):  # fmt: skip
+        assert pair.arrived(match, probe) == 0, match
+    counters = json.loads(
+        pair.nft_host("-j", "list", "counter", "inet", "nordwgd", "dropped_output")
+    )
+    dropped = next(o["counter"]["packets"] for o in counters["nftables"] if "counter" in o)
+    assert dropped > 0
+
+
+def test_endpoint_pinhole_admits_only_marked_packets(pair: Pair) -> None:
+    pair.apply(BLOCKING["connecting"])
+    wg = f"ip daddr {ENDPOINT} udp dport 51820"
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820, mark=MARK)) == 1
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820)) == 0
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820, user="nobody")) == 0
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820, mark=MARK + 1)) == 0
+    other_port = f"ip daddr {ENDPOINT} udp dport 51821"
+    assert pair.arrived(other_port, lambda: pair.probe("udp", str(ENDPOINT), 51821, mark=MARK)) == 0
+
+
+def test_api_pinhole_admits_tcp_443_to_pinned_addresses_only(pair: Pair) -> None:
+    pair.apply(BLOCKING["connecting"])
+    for address in API:
+        syn = f"ip daddr {address} tcp dport 443"
+        assert pair.arrived(syn, lambda a=address: pair.probe("tcp", str(a), 443, mark=MARK)) >= 1
+        assert pair.arrived(syn, lambda a=address: pair.probe("tcp", str(a), 443)) == 0
+    other = f"ip daddr {INTERNET} tcp dport 443"
+    assert pair.arrived(other, lambda: pair.probe("tcp", INTERNET, 443, mark=MARK)) == 0
+    port80 = f"ip daddr {API[0]} tcp dport 80"
+    assert pair.arrived(port80, lambda: pair.probe("tcp", str(API[0]), 80, mark=MARK)) == 0
+    # disconnecting closes the API too; error keeps it so that the daemon can recover
+    pair.apply(BLOCKING["disconnecting"])
+    syn = f"ip daddr {API[0]} tcp dport 443"
+    assert pair.arrived(syn, lambda: pair.probe("tcp", str(API[0]), 443, mark=MARK)) == 0
+    pair.apply(BLOCKING["error"])
+    assert pair.arrived(syn, lambda: pair.probe("tcp", str(API[0]), 443, mark=MARK)) >= 1
+
+
+def _route_internet_via_tunnel(pair: Pair) -> None:
+    run("ip", "-n", pair.host, "route", "add", f"{INTERNET}/32", "via", TUNNEL_PEER, "dev", "tun0")
+
+
+def test_connected_allows_the_tunnel_and_only_tunnel_dns(pair: Pair) -> None:
+    _route_internet_via_tunnel(pair)
+    pair.apply(policy("connected"))
+    assert pair.ping(INTERNET)  # through the tunnel interface, replies let in by conntrack
+    via_tunnel = f"iifname tunpeer ip daddr {INTERNET} udp dport 9999"
+    assert pair.arrived(via_tunnel, lambda: pair.probe("udp", INTERNET, 9999)) == 1
+    assert (
+        pair.arrived(
+            f"ip daddr {TUNNEL_PEER} udp dport 53", lambda: pair.probe("dns", TUNNEL_PEER, 53)
+        )
+        == 1
+    )
+    assert (
+        pair.arrived(
+            f"ip daddr {TUNNEL_PEER} tcp dport 853", lambda: pair.probe("tcp", TUNNEL_PEER, 853)
+        )
+        >= 1
+    )
+    for target in (LAN_PEER, INTERNET):  # a LAN resolver, and a resolver through the tunnel
+        match = f"ip daddr {target} udp dport 53"
+        assert pair.arrived(match, lambda t=target: pair.probe("dns", t, 53)) == 0, target
+    # the uplink stays closed except for the endpoint
+    assert not pair.ping(str(API[0]))
+    wg = f"ip daddr {ENDPOINT} udp dport 51820"
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820, mark=MARK)) == 1
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820)) == 0
+
+
+def test_allow_lan_admits_private_lan_but_not_its_dns(pair: Pair) -> None:
+    pair.apply(policy("connected"))
+    assert not pair.ping(LAN_PEER)
+    pair.apply(policy("connected", allow_lan=True))
+    assert pair.ping(LAN_PEER)
+    lan_udp = f"ip daddr {LAN_PEER} udp dport 5353"
+    assert pair.arrived(lan_udp, lambda: pair.probe("udp", LAN_PEER, 5353)) == 1
+    lan_dns = f"ip daddr {LAN_PEER} udp dport 53"
+    assert pair.arrived(lan_dns, lambda: pair.probe("dns", LAN_PEER, 53)) == 0
+    lan_dot = f"ip daddr {LAN_PEER} tcp dport 853"
+    assert pair.arrived(lan_dot, lambda: pair.probe("tcp", LAN_PEER, 853)) == 0
+    assert not pair.ping(str(ENDPOINT))  # public addresses behind the uplink stay closed
+
+
+def test_ipv6_blocked_but_neighbour_discovery_works(pair: Pair) -> None:
+    assert pair.ping("fd00:77::1")  # baseline: IPv6 works without our table
+    run("ip", "-n", pair.peer, "-6", "neigh", "flush", "dev", "peer")
+    pair.apply(policy("connected", ipv6_tunnel=False))
+    assert not pair.ping("fd00:77::1")
+    v6 = "ip6 daddr fd00:77::1 udp dport 9999"
+    assert pair.arrived(v6, lambda: pair.probe("udp", "fd00:77::1", 9999)) == 0
+    # the peer can still resolve the host (neighbour solicitation in, advertisement out)
+    subprocess.run(["ip", "netns", "exec", pair.peer, "ping", "-c1", "-W1", "fd00:77::2"],
+                   capture_output=True)  # fmt: skip
+    neighbours = run("ip", "-n", pair.peer, "-6", "neigh", "show", "fd00:77::2")
+    assert "lladdr" in neighbours, neighbours
+
+
+def test_bad_transaction_fails_whole_and_keeps_previous_table(pair: Pair) -> None:
+    from nordwgd.errors import FirewallFailed
+
+    good = BLOCKING["error"]
+    pair.apply(good)
+    before = pair.nft_host("list", "table", "inet", "nordwgd")
+    # overlapping elements in an interval set: the kernel refuses the whole batch
+    bad = replace(
+        policy("connected", allow_lan=True),
+        lan=(ip_network("192.168.0.0/16"), ip_network("192.168.77.0/24")),
+    )
+    with pytest.raises(FirewallFailed, match="conflicting intervals"):
+        pair.apply(bad)
+    assert pair.nft_host("list", "table", "inet", "nordwgd") == before
+    assert good.digest in before
+    assert not pair.ping(LAN_PEER)
+
+
+def test_flow_opened_before_blocking_gets_no_more_packets_out(pair: Pair) -> None:
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", pair.peer, "/usr/bin/python3", "-c", LISTENER, INTERNET, "7000"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout is not None
+        assert listener.stdout.readline().strip() == "ready"
+        driver = subprocess.run(
+            ["ip", "netns", "exec", pair.host, PYTHON, "-c", CONNTRACK_DRIVER, INTERNET, "7000"],
+            input=pickle.dumps(BLOCKING["error"]),
+            capture_output=True,
+            cwd=REPO,
+            timeout=30,
+        )
+        assert driver.returncode == 0, driver.stderr.decode()
+        received, _ = listener.communicate(timeout=15)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    assert "before;" in received
+    assert "after;" not in received
+
+
+def test_iptables_backend_basics(pair: Pair) -> None:
+    out = pair.apply(BLOCKING["connecting"], backend="iptables")
+    assert "applied=True kind=iptables" in out
+    assert not pair.ping(INTERNET)
+    wg = f"ip daddr {ENDPOINT} udp dport 51820"
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820, mark=MARK)) == 1
+    assert pair.arrived(wg, lambda: pair.probe("udp", str(ENDPOINT), 51820)) == 0
+    syn = f"ip daddr {API[0]} tcp dport 443"
+    assert pair.arrived(syn, lambda: pair.probe("tcp", str(API[0]), 443, mark=MARK)) >= 1
+    assert not pair.ping("fd00:77::1")
+    # re-applying replaces the chains instead of stacking jumps
+    _route_internet_via_tunnel(pair)
+    pair.apply(policy("connected", allow_lan=True), backend="iptables")
+    assert pair.ping(INTERNET) and pair.ping(LAN_PEER)
+    lan_dns = f"ip daddr {LAN_PEER} udp dport 53"
+    assert pair.arrived(lan_dns, lambda: pair.probe("dns", LAN_PEER, 53)) == 0
+    saved = run("ip", "netns", "exec", pair.host, "iptables-legacy-save", "-t", "filter")
+    assert saved.count("-A OUTPUT -j NORDWGD-OUTPUT") == 1
+    assert "applied=False" in pair.remove(backend="iptables")
+    assert pair.ping(INTERNET) and pair.ping("fd00:77::1")
