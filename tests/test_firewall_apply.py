@@ -4,7 +4,7 @@ Topology (names unique per run, removed in finalizers):
 
     host netns                                  peer netns
     host  192.168.77.2/24 fd00:77::2/64  <--->  peer 192.168.77.1/24 fd00:77::1/64   (uplink, LAN)
-    tun0  10.5.0.2/30                    <--->  tunpeer 10.5.0.1/30                  (tunnel stand-in)
+    tun0  10.5.0.2/30                    <--->  tunpeer 10.5.0.1/30   (stand-in for the tunnel)
                                                 lo: 203.0.113.11 (endpoint), 198.51.100.20/21 (API),
                                                     198.51.100.99 (the Internet)
 
@@ -125,6 +125,9 @@ print(data.decode(), flush=True)
 """
 
 
+MONITOR = b"table inet mon { chain pre { type filter hook prerouting priority -300; }; }\n"
+
+
 def run(*argv: str, input: bytes | None = None, check: bool = True) -> str:
     result = subprocess.run(argv, input=input, capture_output=True, timeout=30)
     if check and result.returncode != 0:
@@ -214,8 +217,7 @@ def pair() -> Iterator[Pair]:
         run(*p, "addr", "add", "10.5.0.1/30", "dev", "tunpeer")
         for address in (ENDPOINT, *API, ip_address(INTERNET)):
             run(*p, "addr", "add", f"{address}/32", "dev", "lo")
-        run("ip", "netns", "exec", peer, "nft", "-f", "-",
-            input=b"table inet mon { chain pre { type filter hook prerouting priority -300; policy accept; }; }\n")  # fmt: skip
+        run("ip", "netns", "exec", peer, "nft", "-f", "-", input=MONITOR)
         yield Pair(host, peer, itertools.count())
     finally:
         for name in created:
@@ -272,7 +274,7 @@ def test_blocking_states_drop(pair: Pair, state: str) -> None:
         (f"ip daddr {LAN_PEER} udp dport 53", lambda: pair.probe("dns", LAN_PEER, 53)),
         (f"ip daddr {INTERNET} tcp dport 80", lambda: pair.probe("tcp", INTERNET, 80)),
         # even the daemon's mark opens nothing but the pinholes
-        (f"ip daddr {INTERNET} udp dport 51820", lambda: pair.probe("udp", INTERNET, 51820, mark=MARK)),
+        (f"ip daddr {INTERNET} udp dport 51820", lambda: pair.probe("udp", INTERNET, 51820, mark=MARK)),  # noqa: E501
     ):  # fmt: skip
         assert pair.arrived(match, probe) == 0, match
     counters = json.loads(
