@@ -433,3 +433,34 @@ async def service(private_bus: PrivateBus) -> AsyncIterator[Service]:
     finally:
         client.disconnect()
         bus.disconnect()
+
+
+@pytest.fixture(scope="module")
+def module_bus() -> Iterator[PrivateBus]:
+    """A private bus shared by a test module (for one long-lived daemon)."""
+    bus = _start_bus()
+    try:
+        yield bus
+    finally:
+        _stop_process(bus.process, 10)
+        shutil.rmtree(bus.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def world_daemon(
+    shared_world: Any, module_bus: PrivateBus, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonProcess]:
+    """The real daemon in the shared test world's host namespace, on ``module_bus``."""
+    pytest.importorskip("nordwgd.manager", reason="the Manager facade is not in this tree")
+    directory = tmp_path_factory.mktemp("daemon")
+    config = shared_world.write_config(directory / "nordwgd.toml")
+    daemon = DaemonProcess(
+        bus=module_bus, netns=shared_world.host_ns, config=config, log=directory / "daemon.log"
+    )
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        code = daemon.stop()
+        if code != 0:
+            raise AssertionError(f"nordwgd exited with {code}:\n{daemon.log_text()}")

@@ -10,21 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
 from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.service import ServiceInterface, dbus_method
 
 from nordwgd import errors
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME
 from nordwgd.bus.convert import PROPERTY_SIGNATURES, plain
+from nordwgd.testing.netns import create_netns, delete_netns, unique_name
 from tests.fixtures_dbus import (
     PYTHON,
     REPO,
+    DaemonProcess,
     PrivateBus,
+    RecordingManager,
     Service,
     call_as,
     client_argv,
@@ -330,3 +336,248 @@ async def test_caller_leaving_during_authorization_gets_nothing_done(
     await asyncio.sleep(0.5)
     await service.ok("ListGroups")  # the service is still answering
     assert [name for name, _ in service.manager.calls] == ["list_groups"]
+
+
+# The real daemon ---------------------------------------------------------------------------
+
+
+def test_daemon_config_error_exits_78(tmp_path: Path) -> None:
+    config = tmp_path / "nordwgd.toml"
+    config.write_text("[network]\nlockdown = true\nkill_switch = 1\n")
+    result = subprocess.run(
+        [PYTHON, "-m", "nordwgd", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 78
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nordwgd: ")
+    assert "kill_switch" in lines[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.root
+def test_daemon_refuses_a_taken_name(private_bus: PrivateBus, tmp_path: Path) -> None:
+    owner = subprocess.Popen(
+        [PYTHON, "-c", _OWN_NAME, private_bus.address],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
+    )
+    netns = unique_name("nwgtb")
+    create_netns(netns)
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "owned"
+        result = subprocess.run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                netns,
+                PYTHON,
+                "-m",
+                "nordwgd",
+                "--config",
+                str(tmp_path / "absent.toml"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=REPO,
+            env={
+                "PATH": os.environ["PATH"],
+                "PYTHONPATH": str(REPO),
+                "DBUS_SYSTEM_BUS_ADDRESS": private_bus.address,
+            },
+        )
+        assert result.returncode == 1
+        assert "already owned" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        owner.kill()
+        owner.wait()
+        delete_netns(netns)
+
+
+_OWN_NAME = r"""
+import asyncio, sys
+from dbus_fast.aio import MessageBus
+async def main():
+    bus = await MessageBus(bus_address=sys.argv[1]).connect()
+    await bus.request_name("org.nordwgd.Nordwgd1")
+    print("owned", flush=True)
+    await asyncio.sleep(120)
+asyncio.run(main())
+"""
+
+
+async def _daemon_call(
+    bus: PrivateBus,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+    user: str | None = None,
+) -> dict[str, object]:
+    return await asyncio.to_thread(call_as, bus, user, member, signature, body or [])
+
+
+@pytest.mark.root
+async def test_daemon_properties(world_daemon: DaemonProcess) -> None:
+    client = await connect_client(world_daemon.bus.address)
+    try:
+        reply = await client.call(
+            Message(
+                destination=BUS_NAME,
+                path="/org/nordwgd/Nordwgd1",
+                interface="org.freedesktop.DBus.Properties",
+                member="GetAll",
+                signature="s",
+                body=[INTERFACE_NAME],
+            )
+        )
+        assert reply is not None and reply.message_type is MessageType.METHOD_RETURN
+        (values,) = reply.body
+        assert {name: v.signature for name, v in values.items()} == PROPERTY_SIGNATURES
+        assert values["State"].value == "disconnected"
+        assert values["Version"].value
+    finally:
+        client.disconnect()
+
+
+@pytest.mark.root
+async def test_daemon_introspection_matches_xml(world_daemon: DaemonProcess) -> None:
+    from tests.test_introspection import _canonical, _shape, live_interface
+
+    client = await connect_client(world_daemon.bus.address)
+    try:
+        live = await live_interface(Service(client, client, RecordingManager()))
+        assert _shape(live) == _shape(_canonical())
+    finally:
+        client.disconnect()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(
+    ("member", "signature", "body", "nick"),
+    [
+        ("Connect", "a{sv}", [{"planet": "Mars"}], "InvalidArgument"),
+        ("Connect", "a{sv}", [{"server": "x" * 300}], "InvalidArgument"),
+        ("Connect", "s", ["Germany"], "InvalidArgument"),
+        ("Connect", "a{sv}", [{"country": "Atlantis"}], "UnknownLocation"),
+        ("ListCities", "s", ["Atlantis"], "UnknownLocation"),
+        ("Diagnose", "s", ["everything"], "InvalidArgument"),
+    ],
+)
+async def test_daemon_errors(
+    world_daemon: DaemonProcess, member: str, signature: str, body: list[Any], nick: str
+) -> None:
+    reply = await _daemon_call(world_daemon.bus, member, signature, body)
+    assert reply.get("error") == PREFIX + nick, reply
+
+
+@pytest.mark.root
+async def test_daemon_unprivileged_caller(world_daemon: DaemonProcess) -> None:
+    bus = world_daemon.bus
+    for member, signature, body in [
+        ("Connect", "a{sv}", [{}]),
+        ("SetToken", "s", ["abc" * 8]),
+        ("SetLockdown", "b", [True]),
+        ("Disconnect", "", []),
+    ]:
+        reply = await _daemon_call(bus, member, signature, body, user="nobody")
+        assert reply.get("error") == PREFIX + "NotAuthorized", (member, reply)
+    countries = await _daemon_call(bus, "ListCountries", user="nobody")
+    assert countries.get("body"), countries
+    props = await asyncio.to_thread(
+        call_as,
+        bus,
+        "nobody",
+        "GetAll",
+        "s",
+        [INTERFACE_NAME],
+        interface="org.freedesktop.DBus.Properties",
+    )
+    assert props["body"][0]["State"] == "disconnected"  # type: ignore[index]
+    assert props["body"][0]["Lockdown"] is False  # type: ignore[index]
+
+
+async def _state_watcher(address: str) -> tuple[MessageBus, asyncio.Queue[str]]:
+    watcher = await connect_client(address)
+    states: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_message(msg: Message) -> None:
+        if (
+            msg.member == "PropertiesChanged"
+            and msg.body[0] == INTERFACE_NAME
+            and "State" in msg.body[1]
+        ):
+            states.put_nowait(msg.body[1]["State"].value)
+
+    watcher.add_message_handler(on_message)
+    await watcher.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member="AddMatch",
+            signature="s",
+            body=[f"type='signal',sender='{BUS_NAME}',member='PropertiesChanged'"],
+        )
+    )
+    return watcher, states
+
+
+async def _until(states: asyncio.Queue[str], wanted: str, log: Callable[[], str]) -> list[str]:
+    seen: list[str] = []
+    try:
+        while wanted not in seen:
+            seen.append(await asyncio.wait_for(states.get(), 60))
+    except TimeoutError:
+        raise AssertionError(f"never saw {wanted}; saw {seen}\n{log()}") from None
+    return seen
+
+
+@pytest.mark.root
+async def test_daemon_connect_disconnect_signals(world_daemon: DaemonProcess) -> None:
+    watcher, states = await _state_watcher(world_daemon.bus.address)
+    try:
+        reply = await _daemon_call(world_daemon.bus, "Connect", "a{sv}", [{}])
+        assert reply == {"body": []}, reply
+        seen = await _until(states, "connected", world_daemon.log_text)
+        assert "connecting" in seen and "error" not in seen
+        props = await asyncio.to_thread(
+            call_as,
+            world_daemon.bus,
+            None,
+            "GetAll",
+            "s",
+            [INTERFACE_NAME],
+            interface="org.freedesktop.DBus.Properties",
+        )
+        values = props["body"][0]  # type: ignore[index]
+        assert values["Server"]["hostname"] and values["Blocking"] == "blocked"
+        reply = await _daemon_call(world_daemon.bus, "Disconnect")
+        assert reply == {"body": []}, reply
+        await _until(states, "disconnected", world_daemon.log_text)
+    finally:
+        watcher.disconnect()
+
+
+@pytest.mark.root
+async def test_daemon_logout_then_not_logged_in(
+    world_daemon: DaemonProcess, shared_world: Any
+) -> None:
+    assert await _daemon_call(world_daemon.bus, "Logout") == {"body": []}
+    try:
+        reply = await _daemon_call(world_daemon.bus, "Connect", "a{sv}", [{}])
+        # The configured token_file still holds a token; only a stored login was forgotten.
+        if "error" in reply:
+            assert reply["error"] == PREFIX + "NotLoggedIn", reply
+    finally:
+        reply = await _daemon_call(world_daemon.bus, "SetToken", "s", [shared_world.token.reveal()])
+        assert reply == {"body": []}, reply
+        await _daemon_call(world_daemon.bus, "Disconnect")
