@@ -8,7 +8,23 @@ fetches the credentials with the token and renders the WireGuard parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from nordwgd.catalog import Catalog
+from nordwgd.config import Config
+from nordwgd.errors import InvalidArgument, NordwgdError, NoServer, NotLoggedIn, UnknownLocation
+from nordwgd.model import Credentials, Secret, Server, TunnelParams
+from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.selection import select_servers
+from nordwgd.token import load_token
+from nordwgd.wgconf import tunnel_params
+
+log = logging.getLogger(__name__)
 
 OPTION_KEYS = ("country", "city", "group", "server")
 
@@ -38,3 +54,219 @@ class Target:
             parts.append(self.group)
         parts.extend(self.servers)
         return ", ".join(parts) or "anywhere"
+
+
+# Servers that failed (no handshake, failed health) are tried last for this long.
+FAILURE_MEMORY_SECONDS = 600.0
+RECOMMENDATIONS_LIMIT = 20
+_HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def check_options(
+    options: Mapping[str, object], allowed: Sequence[str] = OPTION_KEYS
+) -> dict[str, str]:
+    """The options as stripped strings; InvalidArgument naming the first bad key."""
+    checked: dict[str, str] = {}
+    for key, value in options.items():
+        if key not in allowed:
+            raise InvalidArgument(f"unknown option {key!r} (expected one of: {', '.join(allowed)})")
+        if not isinstance(value, str):
+            raise InvalidArgument(f"option {key!r} must be a string, not {type(value).__name__}")
+        checked[key] = value.strip()
+    return checked
+
+
+def normalize_hostname(text: str) -> str:
+    """``de1001`` -> ``de1001.nordvpn.com``; InvalidArgument for something that is no host name."""
+    name = text.strip().lower().rstrip(".")
+    if not _HOSTNAME.fullmatch(name) or len(name) > 253:
+        raise InvalidArgument(f"option 'server': {text!r} is not a server host name")
+    return name if "." in name else f"{name}.nordvpn.com"
+
+
+class Planner:
+    """Resolves requests, and plans attempts against the NordVPN API."""
+
+    def __init__(
+        self,
+        config: Config,
+        api: NordVpnApi,
+        catalog: Catalog,
+        *,
+        token: Callable[[], Secret | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        seed: int | None = None,
+    ) -> None:
+        self._config = config
+        self._api = api
+        self._catalog = catalog
+        self._token = token or (lambda: load_token(config))
+        self._clock = clock
+        self._seed = seed
+        self._failures: dict[str, float] = {}
+        self._candidates: tuple[Target, list[list[Server]]] | None = None
+        self._credentials: Credentials | None = None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def resolve(self, options: Mapping[str, object]) -> Target:
+        """A Target for Connect options; no option (or only empty ones) = the configured default.
+
+        Raises InvalidArgument (bad key, type or value) or UnknownLocation (with suggestions).
+        """
+        given = {key: value for key, value in check_options(options).items() if value}
+        random_top = self._config.location.random_top
+        if not given:
+            return self._resolve_default(random_top)
+        group = self._catalog.resolve_group(given["group"]).identifier if "group" in given else None
+        servers = (normalize_hostname(given["server"]),) if "server" in given else ()
+        places: tuple[Place, ...] = ()
+        if "city" in given:
+            places = (self._city_place(given["city"], given.get("country")),)
+        elif "country" in given:
+            country = self._catalog.resolve_country(given["country"])
+            places = (Place(country.id, None, country.name),)
+        return Target(places, group, servers, random_top, tuple(sorted(given.items())))
+
+    def _resolve_default(self, random_top: int) -> Target:
+        location = self._config.location
+        countries = [self._catalog.resolve_country(text) for text in location.countries]
+        places: list[Place] = []
+        if location.cities:
+            scope = countries[0].name if len(countries) == 1 else None
+            places = [self._city_place(text, scope) for text in location.cities]
+        else:
+            places = [Place(country.id, None, country.name) for country in countries]
+        groups = [self._catalog.resolve_group(text).identifier for text in location.groups]
+        if len(groups) > 1:
+            log.warning("[location] group: only the first group (%s) is used", groups[0])
+        servers = tuple(normalize_hostname(text) for text in location.servers)
+        return Target(tuple(places), groups[0] if groups else None, servers, random_top, ())
+
+    def _city_place(self, city_text: str, country_text: str | None) -> Place:
+        city = self._catalog.resolve_city(city_text, country_text)
+        country = self._catalog.country_by_id(city.country_id)
+        label = f"{city.name}, {country.name}" if country is not None else city.name
+        return Place(city.country_id, city.id, label)
+
+    # -- attempts --------------------------------------------------------------------------
+
+    def mark_failed(self, hostname: str) -> None:
+        """Try ``hostname`` only after every other server for a while."""
+        self._failures[hostname.lower()] = self._clock()
+
+    def recently_failed(self) -> frozenset[str]:
+        now = self._clock()
+        for name, when in list(self._failures.items()):
+            if now - when > FAILURE_MEMORY_SECONDS:
+                del self._failures[name]
+        return frozenset(self._failures)
+
+    async def plan(self, target: Target, attempt: int, exclude: frozenset[str]) -> TunnelParams:
+        """Parameters for the best server of ``target`` not in ``exclude``.
+
+        Attempt 0 fetches fresh credentials and candidates; later attempts of the same target
+        reuse them. Raises NotLoggedIn, AuthFailed, ApiUnavailable, NoServer, UnknownLocation.
+        """
+        if attempt == 0 or self._credentials is None:
+            self._credentials = await self._fetch_credentials()
+        if attempt == 0 or self._candidates is None or self._candidates[0] != target:
+            self._candidates = (target, await self._fetch_candidates(target))
+        credentials = self._credentials
+        hard = {name.lower() for name in exclude}
+        ranked = select_servers(
+            self._candidates[1],
+            pinned_hostnames=target.servers,
+            exclude=hard | self.recently_failed(),
+            random_top=target.random_top,
+            seed=self._seed,
+            request=target.describe(),
+        )
+        problems: list[str] = []
+        for server in ranked:
+            if server.hostname.lower() in hard:
+                continue
+            try:
+                params = tunnel_params(
+                    credentials,
+                    server,
+                    dns=self._config.dns.servers,
+                    ipv6_tunnel=self._config.network.ipv6 == "tunnel",
+                )
+            except NoServer as error:
+                problems.append(error.message)
+                continue
+            log.info(
+                "attempt %d: %s (load %d%%) for %s",
+                attempt,
+                server.hostname,
+                server.load,
+                target.describe(),
+            )
+            return params
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise NoServer(f"no other server left for {target.describe()}{detail}")
+
+    async def forget_credentials(self) -> None:
+        """The token changed: fetch credentials again at the next attempt."""
+        self._credentials = None
+
+    async def refresh(self) -> None:
+        """Forget cached server data and failures; fetch fresh credentials when logged in."""
+        self._candidates = None
+        self._failures.clear()
+        self._credentials = None
+        if await asyncio.to_thread(self._token) is not None:
+            self._credentials = await self._fetch_credentials()
+
+    async def _fetch_credentials(self) -> Credentials:
+        token = await asyncio.to_thread(self._token)
+        if token is None:
+            raise NotLoggedIn(
+                "no NordVPN access token: log in with 'nordwgctl login' or set token_file"
+            )
+        return await self._api.credentials(token)
+
+    async def _fetch_candidates(self, target: Target) -> list[list[Server]]:
+        lists: list[list[Server]] = []
+        country_scope = target.places[0].country_id if len(target.places) == 1 else None
+        pin_error: NordwgdError | None = None
+        for hostname in target.servers:
+            try:
+                lists.append([await self._api.server_by_hostname(hostname, country_scope)])
+            except (UnknownLocation, NoServer) as error:
+                # A pinned server that is gone is not fatal while other places remain.
+                log.warning("pinned server %s: %s", hostname, error)
+                pin_error = error
+        if target.servers and not target.places and target.group is None:
+            if not lists and pin_error is not None:
+                raise pin_error
+            return lists
+        places = target.places or (None,)
+        for place in places:
+            lists.append(
+                await self._api.recommendations(
+                    country_id=place.country_id if place else None,
+                    city_id=place.city_id if place else None,
+                    group=target.group,
+                    limit=RECOMMENDATIONS_LIMIT,
+                )
+            )
+        return lists
+
+    async def servers(self, options: Mapping[str, object], limit: int) -> list[Server]:
+        """Recommended servers for a ListServers filter (same keys as Connect)."""
+        checked = check_options(options)
+        target = self.resolve(checked) if any(checked.values()) else Target()
+        lists: list[list[Server]] = []
+        if target.servers:
+            lists.append([await self._api.server_by_hostname(target.servers[0])])
+        if target.places or target.group or not target.servers:
+            lists.extend(await self._fetch_candidates(replace(target, servers=())))
+        merged: list[Server] = []
+        seen: set[str] = set()
+        for server in (s for servers in lists for s in servers):
+            if server.usable and server.hostname not in seen:
+                seen.add(server.hostname)
+                merged.append(server)
+        return merged[:limit] if limit > 0 else merged

@@ -1,0 +1,385 @@
+"""The core facade: everything the D-Bus layer (and the CLI through it) can ask of nordwgd.
+
+The Manager wires the parts together (config, catalog, API client, planner, engine, state
+machine), checks requests before they are accepted, and keeps two small files:
+
+- ``state_dir/settings.json``: the Lockdown and AllowLan choices (no secrets), which override
+  the config's defaults across restarts;
+- ``runtime_dir/target.json``: the Connect options while a tunnel is wanted. A daemon that died
+  (or was restarted with the kill switch kept) finds it at ``start()`` and connects again,
+  blocking in between. It is removed by Disconnect and by a stop that opens the firewall.
+
+Logout deletes the stored token but, like NetworkManager removing a connection's secrets, leaves
+an established tunnel up until Disconnect; the next connect or renew then needs a token again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from nordwgd import __version__, diagnose
+from nordwgd.catalog import Catalog
+from nordwgd.config import Config
+from nordwgd.engine import Engine, system_engine
+from nordwgd.errors import InvalidArgument, NordwgdError, NotLoggedIn
+from nordwgd.machine import Machine, Tuning, server_properties
+from nordwgd.planner import Planner, Target, check_options
+from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.states import Blocking, ErrorCause, State
+from nordwgd.token import delete_token, load_token, store_token, validate_token
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "settings.json"
+TARGET_FILE = "target.json"
+LIST_SERVERS_DEFAULT = 20
+
+
+@dataclass(frozen=True)
+class Settings:
+    lockdown: bool
+    allow_lan: bool
+
+
+def load_settings(config: Config) -> Settings:
+    """The saved choices, else the config's defaults; an unreadable file is ignored (logged)."""
+    default = Settings(config.network.lockdown, config.network.allow_lan)
+    path = config.paths.state_dir / SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as error:
+        log.warning("%s: ignored (%s)", path, error)
+        return default
+    if not isinstance(data, dict):
+        log.warning("%s: ignored (not a JSON object)", path)
+        return default
+    lockdown, allow_lan = data.get("lockdown"), data.get("allow_lan")
+    return Settings(
+        lockdown if isinstance(lockdown, bool) else default.lockdown,
+        allow_lan if isinstance(allow_lan, bool) else default.allow_lan,
+    )
+
+
+def _write_json(path: Path, data: object, mode: int) -> None:
+    """Replace ``path`` atomically with ``data``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as stream:
+            json.dump(data, stream, sort_keys=True)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        Path(temporary).chmod(mode)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_settings(config: Config, settings: Settings) -> None:
+    data = {"lockdown": settings.lockdown, "allow_lan": settings.allow_lan}
+    _write_json(config.paths.state_dir / SETTINGS_FILE, data, 0o644)
+
+
+def read_target(config: Config) -> dict[str, str] | None:
+    """The Connect options recorded by a process that wanted a tunnel, or None."""
+    path = config.paths.runtime_dir / TARGET_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("%s: ignored (%s)", path, error)
+        return None
+    options = data.get("options") if isinstance(data, dict) else None
+    if not isinstance(options, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in options.items()
+    ):
+        log.warning("%s: ignored (no options object)", path)
+        return None
+    return dict(options)
+
+
+def write_target(config: Config, target: Target | None) -> None:
+    path = config.paths.runtime_dir / TARGET_FILE
+    if target is None:
+        path.unlink(missing_ok=True)
+    else:
+        _write_json(path, {"options": dict(target.options)}, 0o644)
+
+
+class Manager:
+    """Create, ``await start()``, serve, ``await stop(keep_blocking=...)``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine_factory: Callable[[Config], Engine] | None = None,
+        tuning: Tuning | None = None,
+        api: NordVpnApi | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self._config = config
+        self._engine_factory = engine_factory or system_engine
+        self._tuning = tuning or Tuning()
+        self._api = api or NordVpnApi(config.api, fwmark=config.network.fwmark)
+        self._catalog = catalog
+        self._planner: Planner | None = None
+        self._machine: Machine | None = None
+        self._subscribers: list[Callable[[dict[str, object]], None]] = []
+        settings = Settings(config.network.lockdown, config.network.allow_lan)
+        self._initial: dict[str, object] = {
+            "State": State.DISCONNECTED.value,
+            "ErrorCause": ErrorCause.NONE.value,
+            "Blocking": Blocking.BLOCKED.value if settings.lockdown else Blocking.OPEN.value,
+            "Lockdown": settings.lockdown,
+            "AllowLan": settings.allow_lan,
+            "Mode": config.network.mode,
+            "Server": {},
+            "Interface": "",
+            "TunnelAddress": "",
+            "ConnectedSince": 0,
+            "Version": __version__,
+            "LatestHandshake": 0,
+            "RxBytes": 0,
+            "TxBytes": 0,
+            "ForwardedPort": 0,
+        }
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Undo a killed process's leftovers, apply the initial policy, resume a wanted tunnel."""
+        config = self._config
+        if self._catalog is None:
+            self._catalog = await asyncio.to_thread(Catalog.load)
+        self._planner = Planner(config, self._api, self._catalog)
+        settings = await asyncio.to_thread(load_settings, config)
+        engine = self._engine_factory(config)
+        try:
+            await engine.recover()
+        except NordwgdError as error:
+            # The firewall below still goes up; leftovers are reported, not fatal.
+            log.error("could not undo what an earlier process left: %s", error)
+        resume = await self._resume_target()
+        self._machine = Machine(
+            config,
+            engine,
+            self._planner,
+            version=__version__,
+            lockdown=settings.lockdown,
+            allow_lan=settings.allow_lan,
+            tuning=self._tuning,
+            on_target=self._record_target,
+            on_settings=self._save_settings,
+        )
+        for callback in self._subscribers:
+            self._machine.subscribe(callback)
+        await self._machine.start(resume=resume)
+
+    async def _resume_target(self) -> Target | None:
+        assert self._planner is not None
+        options = await asyncio.to_thread(read_target, self._config)
+        if options is None:
+            return None
+        try:
+            target = self._planner.resolve(options)
+        except NordwgdError as error:
+            log.error("cannot resume the earlier connection (%s): %s", options, error)
+            await asyncio.to_thread(write_target, self._config, None)
+            return None
+        log.info("resuming the connection of an earlier process: %s", target.describe())
+        return target
+
+    async def stop(self, *, keep_blocking: bool) -> None:
+        """Stop; with ``keep_blocking`` the tunnel and table stay for the next process."""
+        if self._machine is not None:
+            await self._machine.stop(keep_blocking=keep_blocking)
+        if not keep_blocking:
+            await asyncio.to_thread(write_target, self._config, None)
+        await self._api.aclose()
+
+    async def _record_target(self, target: Target | None) -> None:
+        await asyncio.to_thread(write_target, self._config, target)
+
+    async def _save_settings(self, lockdown: bool, allow_lan: bool) -> None:
+        await asyncio.to_thread(save_settings, self._config, Settings(lockdown, allow_lan))
+
+    def _running(self) -> tuple[Machine, Planner]:
+        if self._machine is None or self._planner is None:
+            raise NordwgdError("the manager is not started")
+        return self._machine, self._planner
+
+    # -- properties ------------------------------------------------------------------------
+
+    def properties(self) -> dict[str, object]:
+        if self._machine is None:
+            return dict(self._initial)
+        return self._machine.properties()
+
+    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> None:
+        self._subscribers.append(callback)
+        if self._machine is not None:
+            self._machine.subscribe(callback)
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, object]], bool], limit: float
+    ) -> dict[str, object]:
+        """Wait until the properties satisfy ``predicate`` (tests, the demo)."""
+        machine, _ = self._running()
+        return await machine.wait_for(predicate, limit)
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def connect(self, options: Mapping[str, object]) -> None:
+        """Accept a Connect request (checked now); clients follow ``State``."""
+        machine, planner = self._running()
+        target = planner.resolve(options)
+        await self._require_token()
+        log.info("connect requested: %s", target.describe())
+        machine.connect(target)
+
+    async def disconnect(self) -> None:
+        machine, _ = self._running()
+        machine.disconnect()
+
+    async def reconnect(self) -> None:
+        """Another server of the current target (the configured default when there is none)."""
+        machine, planner = self._running()
+        target = machine.target or planner.resolve({})
+        if machine.target is None:
+            await self._require_token()
+        machine.reconnect(target)
+
+    async def renew(self) -> None:
+        """Fresh credentials and server data; a wanted tunnel moves to a fresh server."""
+        machine, planner = self._running()
+        await planner.refresh()
+        machine.renew()
+
+    async def check_health(self) -> tuple[bool, dict[str, object]]:
+        machine, _ = self._running()
+        return await machine.check_health()
+
+    def trigger_health_check(self) -> None:
+        """Check the tunnel soon (call on uplink changes and resume from sleep)."""
+        if self._machine is not None:
+            self._machine.trigger_health_check()
+
+    async def _require_token(self) -> None:
+        if await asyncio.to_thread(load_token, self._config) is None:
+            raise NotLoggedIn(
+                "no NordVPN access token: log in with 'nordwgctl login' or set token_file"
+            )
+
+    # -- settings and credentials ----------------------------------------------------------
+
+    async def set_lockdown(self, enabled: bool, /) -> None:
+        machine, _ = self._running()
+        await machine.set_lockdown(_boolean(enabled, "lockdown"))
+
+    async def set_allow_lan(self, enabled: bool, /) -> None:
+        machine, _ = self._running()
+        await machine.set_allow_lan(_boolean(enabled, "allow_lan"))
+
+    async def set_token(self, token: str, /) -> None:
+        """Check the token's form and store it (0600); it is used from the next attempt on."""
+        if not isinstance(token, str):
+            raise InvalidArgument("token must be a string")
+        secret = validate_token(token)
+        path = await asyncio.to_thread(store_token, self._config.paths.state_dir, secret)
+        if self._config.token_file is not None:
+            log.warning("token stored in %s, but token_file in the config takes precedence", path)
+        else:
+            log.info("token stored in %s", path)
+        if self._planner is not None:
+            await self._planner.forget_credentials()
+
+    async def logout(self) -> None:
+        """Delete the stored token; an established tunnel stays up until Disconnect."""
+        removed = await asyncio.to_thread(delete_token, self._config.paths.state_dir)
+        log.info("logout: %s", "stored token deleted" if removed else "no stored token")
+        if self._planner is not None:
+            await self._planner.forget_credentials()
+
+    # -- catalog and API -------------------------------------------------------------------
+
+    def _catalog_loaded(self) -> Catalog:
+        if self._catalog is None:
+            raise NordwgdError("the manager is not started")
+        return self._catalog
+
+    async def list_countries(self) -> list[tuple[str, str, str]]:
+        countries = self._catalog_loaded().countries
+        return [(c.code, c.name, str(c.id)) for c in sorted(countries, key=lambda c: c.name)]
+
+    async def list_cities(self, country: str, /) -> list[tuple[str, str]]:
+        if not isinstance(country, str):
+            raise InvalidArgument("country must be a string")
+        found = self._catalog_loaded().resolve_country(country)
+        return [(city.name, str(city.id)) for city in sorted(found.cities, key=lambda c: c.name)]
+
+    async def list_groups(self) -> list[tuple[str, str]]:
+        groups = self._catalog_loaded().groups
+        return [(g.identifier, g.title) for g in sorted(groups, key=lambda g: g.title)]
+
+    async def list_servers(self, filter: Mapping[str, object], /) -> list[dict[str, object]]:
+        _, planner = self._running()
+        options = check_options(filter)
+        servers = await planner.servers(options, LIST_SERVERS_DEFAULT)
+        return [server_properties(server) for server in servers]
+
+    async def get_statistics(self) -> dict[str, object]:
+        machine, _ = self._running()
+        props = machine.properties()
+        if props["State"] == State.CONNECTED.value:
+            try:
+                await machine.statistics()
+            except NordwgdError as error:
+                log.warning("statistics: %s", error)
+            props = machine.properties()
+        return {
+            "latest_handshake": props["LatestHandshake"],
+            "rx_bytes": props["RxBytes"],
+            "tx_bytes": props["TxBytes"],
+            "connected_since": props["ConnectedSince"],
+        }
+
+    async def diagnose(self, mode: str, /) -> dict[str, object]:
+        if not isinstance(mode, str):
+            raise InvalidArgument("mode must be a string")
+        mode = diagnose.check_mode(mode)
+        report: dict[str, object] = {"mode": mode, "state": self.properties()["State"]}
+        report.update(await diagnose.public_address(self._api.insights))
+        if mode == "full":
+            statistics = await self.get_statistics() if self._machine is not None else {}
+            props = self.properties()
+            wireguard: dict[str, object] = {
+                "interface": props["Interface"],
+                "address": props["TunnelAddress"],
+                "server": props["Server"],
+                **statistics,
+            }
+            report.update(
+                await diagnose.system_report(
+                    resolv_conf=self._config.dns.resolv_conf, wireguard=wireguard
+                )
+            )
+        return report
+
+
+def _boolean(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"{name} must be a boolean, not {type(value).__name__}")
+    return value
