@@ -1,0 +1,273 @@
+"""The planner against the fake NordVPN API over real HTTPS (in-process, on 127.0.0.1)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from ipaddress import ip_address
+
+import pytest
+
+from nordwgd import errors
+from nordwgd.catalog import Catalog
+from nordwgd.config import ApiConfig, Config, LocationConfig
+from nordwgd.model import Secret
+from nordwgd.planner import Place, Planner, Target, normalize_hostname
+from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.testing.fakeapi import FakeApi
+from nordwgd.testing.fleet import Fleet, default_fleet, default_token
+from nordwgd.testing.pki import Pki, make_pki
+
+GERMANY, NETHERLANDS = 81, 153
+BERLIN = 2181458
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Fleet:
+    return default_fleet()
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.load()
+
+
+@pytest.fixture
+def fake(fleet: Fleet, pki: Pki) -> Iterator[FakeApi]:
+    with FakeApi(fleet, pki) as api:
+        yield api
+
+
+def api_config(fake: FakeApi, pki: Pki) -> ApiConfig:
+    host, port = fake.addresses[0]
+    return ApiConfig(
+        addresses=(ip_address(host),), port=port, ca_file=pki.ca_cert, timeout=2.0, attempts=1
+    )
+
+
+class Token:
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+
+    def __call__(self) -> Secret | None:
+        return None if self.value is None else Secret(self.value)
+
+
+@pytest.fixture
+def token() -> Token:
+    return Token(default_token())
+
+
+@pytest.fixture
+async def api(fake: FakeApi, pki: Pki) -> AsyncIterator[NordVpnApi]:
+    client = NordVpnApi(api_config(fake, pki), backoff=0.01, max_delay=0.05)
+    yield client
+    await client.aclose()
+
+
+def make_planner(
+    api: NordVpnApi, catalog: Catalog, token: Token, config: Config | None = None
+) -> Planner:
+    return Planner(config or Config(), api, catalog, token=token, seed=1)
+
+
+@pytest.fixture
+def planner(api: NordVpnApi, catalog: Catalog, token: Token) -> Planner:
+    return make_planner(api, catalog, token)
+
+
+# -- resolving requests ------------------------------------------------------------------
+
+
+def test_resolve_country_by_code_and_name(planner: Planner) -> None:
+    assert planner.resolve({"country": "de"}).places == (Place(GERMANY, None, "Germany"),)
+    assert planner.resolve({"country": "Netherlands"}).places[0].country_id == NETHERLANDS
+
+
+def test_resolve_city_within_country(planner: Planner) -> None:
+    target = planner.resolve({"country": "Germany", "city": "berlin"})
+    assert target.places == (Place(GERMANY, BERLIN, "Berlin, Germany"),)
+    assert target.options == (("city", "berlin"), ("country", "Germany"))
+
+
+def test_resolve_group_and_server(planner: Planner) -> None:
+    target = planner.resolve({"group": "P2P", "server": "NL801"})
+    assert target.group == "legacy_p2p"
+    assert target.servers == ("nl801.nordvpn.com",)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"contry": "DE"}, "'contry'"),
+        ({"country": 81}, "'country'"),
+        ({"server": "de 1001"}, "'server'"),
+    ],
+)
+def test_bad_options_name_the_key(planner: Planner, options: dict[str, object], named: str) -> None:
+    with pytest.raises(errors.InvalidArgument) as raised:
+        planner.resolve(options)
+    assert named in str(raised.value)
+    assert not isinstance(raised.value, errors.UnknownLocation)
+
+
+def test_unknown_country_suggests(planner: Planner) -> None:
+    with pytest.raises(errors.UnknownLocation) as raised:
+        planner.resolve({"country": "Germny"})
+    assert "Germany" in raised.value.suggestions
+
+
+def test_empty_options_use_the_configured_location(
+    api: NordVpnApi, catalog: Catalog, token: Token
+) -> None:
+    config = Config(location=LocationConfig(countries=("NL",), groups=("p2p",), random_top=3))
+    planner = make_planner(api, catalog, token, config)
+    target = planner.resolve({"country": "", "city": " "})
+    assert target.places == (Place(NETHERLANDS, None, "Netherlands"),)
+    assert target.group == "legacy_p2p"
+    assert target.random_top == 3
+    assert target.options == ()
+
+
+def test_hostname_normalisation() -> None:
+    assert normalize_hostname("DE1001") == "de1001.nordvpn.com"
+    assert normalize_hostname("de1001.nordvpn.com.") == "de1001.nordvpn.com"
+    with pytest.raises(errors.InvalidArgument):
+        normalize_hostname("../etc")
+
+
+# -- planning attempts -------------------------------------------------------------------
+
+
+async def test_plan_takes_the_least_loaded_usable_server(planner: Planner, fleet: Fleet) -> None:
+    params = await planner.plan(planner.resolve({"country": "DE"}), 0, frozenset())
+    assert params.server is not None
+    # de1003 (load 4) is offline and de1004 (load 6) has NordLynx offline.
+    assert params.server.hostname == "de1001.nordvpn.com"
+    assert str(params.endpoint) == "203.0.113.11:51820"
+    assert params.peer_public_key == next(
+        s.public_key for s in fleet.servers if s.hostname == "de1001.nordvpn.com"
+    )
+    assert params.private_key.reveal() == fleet.tokens[default_token()]
+    assert params.dns == Config().dns.servers
+    assert str(params.address) == "10.5.0.2/32"
+
+
+async def test_later_attempts_skip_excluded_and_reuse_the_fetch(
+    planner: Planner, fake: FakeApi
+) -> None:
+    target = planner.resolve({"country": "DE"})
+    await planner.plan(target, 0, frozenset())
+    fetched = len(fake.requests)
+    second = await planner.plan(target, 1, frozenset({"de1001.nordvpn.com"}))
+    third = await planner.plan(target, 2, frozenset({"de1001.nordvpn.com", "de1010.nordvpn.com"}))
+    assert second.server is not None and third.server is not None
+    assert second.server.hostname == "de1010.nordvpn.com"
+    assert third.server.hostname == "de1002.nordvpn.com"
+    assert len(fake.requests) == fetched  # no new API calls for the same attempt series
+
+
+async def test_every_server_excluded_is_no_server(planner: Planner) -> None:
+    target = planner.resolve({"country": "DE", "city": "Berlin"})
+    with pytest.raises(errors.NoServer):
+        await planner.plan(target, 1, frozenset({"de1010.nordvpn.com", "de1011.nordvpn.com"}))
+
+
+async def test_recently_failed_servers_come_last(planner: Planner) -> None:
+    target = planner.resolve({"country": "DE", "city": "Berlin"})
+    planner.mark_failed("de1010.nordvpn.com")
+    params = await planner.plan(target, 0, frozenset())
+    assert params.server is not None and params.server.hostname == "de1011.nordvpn.com"
+    planner.mark_failed("de1011.nordvpn.com")
+    # When everything failed recently, they are tried again rather than giving up.
+    params = await planner.plan(target, 0, frozenset())
+    assert params.server is not None and params.server.hostname == "de1010.nordvpn.com"
+    await planner.refresh()
+    assert planner.recently_failed() == frozenset()
+
+
+async def test_group_filter(planner: Planner) -> None:
+    params = await planner.plan(planner.resolve({"country": "US", "group": "p2p"}), 0, frozenset())
+    assert params.server is not None
+    assert params.server.hostname == "us5002.nordvpn.com"  # us5011 has NordLynx offline
+
+
+async def test_pinned_server(planner: Planner) -> None:
+    params = await planner.plan(planner.resolve({"server": "jp502"}), 0, frozenset())
+    assert params.server is not None and params.server.hostname == "jp502.nordvpn.com"
+
+
+async def test_pinned_server_first_then_the_country(
+    api: NordVpnApi, catalog: Catalog, token: Token
+) -> None:
+    config = Config(location=LocationConfig(countries=("DE",), servers=("de1002",)))
+    planner = make_planner(api, catalog, token, config)
+    target = planner.resolve({})
+    first = await planner.plan(target, 0, frozenset())
+    assert first.server is not None and first.server.hostname == "de1002.nordvpn.com"
+    second = await planner.plan(target, 1, frozenset({"de1002.nordvpn.com"}))
+    assert second.server is not None and second.server.hostname == "de1001.nordvpn.com"
+
+
+async def test_unknown_pinned_server(planner: Planner) -> None:
+    with pytest.raises(errors.UnknownLocation):
+        await planner.plan(planner.resolve({"server": "de9999"}), 0, frozenset())
+
+
+async def test_group_without_nordlynx_is_no_server(planner: Planner) -> None:
+    with pytest.raises(errors.NoServer):
+        await planner.plan(planner.resolve({"group": "Double VPN"}), 0, frozenset())
+
+
+async def test_no_token_is_not_logged_in(api: NordVpnApi, catalog: Catalog, fake: FakeApi) -> None:
+    planner = make_planner(api, catalog, Token(None))
+    with pytest.raises(errors.NotLoggedIn):
+        await planner.plan(Target(), 0, frozenset())
+    assert fake.requests == []
+
+
+async def test_refused_token_is_auth_failed(api: NordVpnApi, catalog: Catalog) -> None:
+    planner = make_planner(api, catalog, Token("0" * 64))
+    with pytest.raises(errors.AuthFailed):
+        await planner.plan(Target(), 0, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ("500", errors.ApiUnavailable),
+        ("garbage", errors.ApiUnavailable),
+        ("empty", errors.NoServer),
+    ],
+)
+async def test_api_faults_are_typed(
+    planner: Planner, fake: FakeApi, fault: str, error: type[errors.NordwgdError]
+) -> None:
+    fake.set_fault(fault, paths="/v1/servers")
+    with pytest.raises(error):
+        await planner.plan(planner.resolve({"country": "DE"}), 0, frozenset())
+
+
+async def test_list_servers_are_usable_and_filtered(planner: Planner) -> None:
+    servers = await planner.servers({"country": "DE"}, 20)
+    names = [s.hostname for s in servers]
+    assert names[0] == "de1001.nordvpn.com"
+    assert "de1003.nordvpn.com" not in names  # offline
+    assert all(s.country_code == "DE" and s.usable for s in servers)
+    one = await planner.servers({"server": "uk2001"}, 20)
+    assert [s.hostname for s in one] == ["uk2001.nordvpn.com"]
+
+
+async def test_ipv6_tunnel_routes_both_families(
+    api: NordVpnApi, catalog: Catalog, token: Token
+) -> None:
+    config = Config()
+    config = replace(config, network=replace(config.network, ipv6="tunnel"))
+    planner = make_planner(api, catalog, token, config)
+    params = await planner.plan(planner.resolve({"country": "GB"}), 0, frozenset())
+    assert {str(n) for n in params.allowed_ips} == {"0.0.0.0/0", "::/0"}
