@@ -172,15 +172,20 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 class Driver:
     """A child process running a Connection inside the client netns."""
 
-    def __init__(self, pair: Pair, **settings: Any) -> None:
-        self.log = pair.tmp / f"driver-{secrets.token_hex(3)}.log"
+    @classmethod
+    def for_pair(cls, pair: Pair, **settings: Any) -> Driver:
+        driver = cls(pair.client, pair.settings(**settings), pair.tmp)
+        pair.extra_cleanup.append(driver.kill)
+        return driver
+
+    def __init__(self, netns: str, settings: dict[str, Any], log_dir: Path) -> None:
+        self.log = log_dir / f"driver-{secrets.token_hex(3)}.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", pair.client, str(PYTHON), "-m", "tests.test_connection"],
+                ["ip", "netns", "exec", netns, str(PYTHON), "-m", "tests.test_connection"],
                 cwd=REPO, env=CHILD_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=log, text=True)
-        pair.extra_cleanup.append(self.kill)
-        self.send({"op": "init", "settings": pair.settings(**settings)})
+        self.send({"op": "init", "settings": settings})
 
     def send(self, command: dict[str, Any]) -> dict[str, Any]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -228,7 +233,7 @@ def assert_tunnel_state(pair: Pair) -> None:
 def test_up_reaches_the_peer_and_down_restores_everything(pair: Pair) -> None:
     before = pair.snapshot()
     assert not ping(pair, SERVER_TUNNEL), "the server's tunnel address must need the tunnel"
-    driver = Driver(pair)
+    driver = Driver.for_pair(pair)
     reply = driver.send({"op": "up", "params": pair.params()})
     assert reply["ok"], reply
     assert reply["is_up"] and reply["interface"] == pair.client_ifname
@@ -258,13 +263,13 @@ def test_up_reaches_the_peer_and_down_restores_everything(pair: Pair) -> None:
 @pytest.mark.root
 def test_a_killed_process_is_cleaned_up_by_recover(pair: Pair) -> None:
     before = pair.snapshot()
-    driver = Driver(pair)
+    driver = Driver.for_pair(pair)
     assert driver.send({"op": "up", "params": pair.params()})["ok"]
     driver.kill()
     assert pair.snapshot() != before, "a killed process leaves its changes"
     assert (pair.runtime_dir / "connection.json").exists()
 
-    fresh = Driver(pair)
+    fresh = Driver.for_pair(pair)
     assert fresh.send({"op": "recover"})["ok"]
     assert pair.snapshot() == before
     assert not (pair.runtime_dir / "connection.json").exists()
@@ -282,12 +287,12 @@ def test_a_killed_process_is_cleaned_up_by_recover(pair: Pair) -> None:
 @pytest.mark.root
 def test_an_unreadable_record_is_cleaned_up_by_name(pair: Pair) -> None:
     before = pair.snapshot()
-    driver = Driver(pair)
+    driver = Driver.for_pair(pair)
     assert driver.send({"op": "up", "params": pair.params()})["ok"]
     driver.kill()
     (pair.runtime_dir / "connection.json").write_text("{not json")
 
-    fresh = Driver(pair)
+    fresh = Driver.for_pair(pair)
     assert fresh.send({"op": "recover"})["ok"]
     after = pair.snapshot()
     # The old sysctl value is unknown without a record, so it is left as it was set.
@@ -304,7 +309,7 @@ def test_a_dns_failure_undoes_the_steps_before_it(pair: Pair) -> None:
     unwritable = pair.tmp / "missing-dir" / "resolv.conf"
     pair.resolv_conf = unwritable
     before = pair.snapshot()
-    driver = Driver(pair)
+    driver = Driver.for_pair(pair)
     reply = driver.send({"op": "up", "params": pair.params()})
     assert not reply["ok"]
     assert reply["error"] == "DnsFailed"
@@ -319,7 +324,7 @@ def test_a_dns_failure_undoes_the_steps_before_it(pair: Pair) -> None:
 @pytest.mark.root
 def test_an_invalid_peer_key_undoes_the_link(pair: Pair) -> None:
     before = pair.snapshot()
-    driver = Driver(pair)
+    driver = Driver.for_pair(pair)
     reply = driver.send({"op": "up", "params": pair.params(peer_public_key="bm90LWEta2V5")})
     assert not reply["ok"]
     assert reply["error"] == "TunnelFailed"
@@ -331,7 +336,7 @@ def test_an_invalid_peer_key_undoes_the_link(pair: Pair) -> None:
 
 @pytest.mark.root
 def test_switch_peer_keeps_the_interface(pair: Pair) -> None:
-    driver = Driver(pair)
+    driver = Driver.for_pair(pair)
     assert driver.send({"op": "up", "params": pair.params()})["ok"]
     ifindex = driver.send({"op": "stats"})["ifindex"]
     reply = driver.send({"op": "switch", "params": pair.params(dns=["10.5.0.53"])})
@@ -355,7 +360,7 @@ def test_netns_resolv_conf_bind_mount_is_written_in_place(pair: Pair) -> None:
     (etc / "resolv.conf").write_bytes(original)
     machine_resolv = Path("/etc/resolv.conf").read_bytes()
 
-    driver = Driver(pair, resolv_conf="/etc/resolv.conf")
+    driver = Driver.for_pair(pair, resolv_conf="/etc/resolv.conf")
     assert driver.send({"op": "up", "params": pair.params()})["ok"]
     assert (etc / "resolv.conf").read_text().endswith(f"nameserver {SERVER_TUNNEL}\n")
     assert Path("/etc/resolv.conf").read_bytes() == machine_resolv
@@ -363,6 +368,40 @@ def test_netns_resolv_conf_bind_mount_is_written_in_place(pair: Pair) -> None:
     assert (etc / "resolv.conf").read_bytes() == original
     assert Path("/etc/resolv.conf").read_bytes() == machine_resolv
     driver.close()
+
+
+@pytest.mark.root
+def test_in_the_world_traffic_and_dns_go_through_the_tunnel(world: Any, tmp_path: Path) -> None:
+    server = world.servers[0]
+    resolv_conf = Path("/etc/netns") / world.host_ns / "resolv.conf"
+    original = resolv_conf.read_bytes()
+    assert world.http_get_from_host() == world.host_address
+    driver = Driver(world.host_ns, {
+        "interface": world.interface, "table": 51820, "fwmark": 0xCA6C,
+        "resolv_conf": str(resolv_conf), "runtime_dir": str(tmp_path / "run"),
+        "lan": [str(world.lan_network)]}, tmp_path)
+    try:
+        reply = driver.send({"op": "up", "params": {
+            "private_key": world.client_private_key.reveal(),
+            "peer_public_key": server.public_key, "endpoint": server.station,
+            "allowed_ips": ["0.0.0.0/0"], "dns": [world.tunnel_dns]}})
+        assert reply["ok"], reply
+        assert driver.send({"op": "handshake", "timeout": 10})["handshake"] is True
+        assert world.http_get_from_host() == server.station
+        # The LAN stays reachable by the uplink.
+        world.host_exec(["ping", "-c", "1", "-W", "2", world.router_lan])
+        looked_up = world.host_exec(["getent", "ahostsv4", "web.test"]).stdout
+        assert world.web_address in looked_up
+        queries = [q for q in world.dns_queries() if q.name.rstrip(".") == "web.test"]
+        assert queries
+        assert all(q.server == world.tunnel_dns and q.client == server.station
+                   for q in queries), queries
+        assert driver.send({"op": "down"})["ok"]
+        assert resolv_conf.read_bytes() == original
+        assert world.http_get_from_host() == world.host_address
+        driver.close()
+    finally:
+        driver.kill()
 
 
 # -- the child process ---------------------------------------------------------------------
