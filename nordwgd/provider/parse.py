@@ -68,35 +68,55 @@ def _describe(value: object) -> str:
     return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _is(value: object, kind: type) -> bool:
+    # bool is an int in Python, but never an acceptable integer in these documents.
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)
+
+
 class _Context:
-    """Where in which response a value sits, for error messages."""
+    """Where in which response a value sits, for error messages (the path is built lazily)."""
 
-    __slots__ = ("path", "source")
+    __slots__ = ("key", "parent", "source")
 
-    def __init__(self, source: str, path: str = "") -> None:
+    def __init__(self, source: str, parent: _Context | None = None, key: str | int = "") -> None:
         self.source = source
-        self.path = path
+        self.parent = parent
+        self.key = key
+
+    @property
+    def path(self) -> str:
+        if self.parent is None:
+            return ""
+        base = self.parent.path
+        if isinstance(self.key, int):
+            return f"{base}[{self.key}]"
+        return f"{base}.{self.key}" if base else self.key
 
     def at(self, key: str | int) -> _Context:
-        step = f"[{key}]" if isinstance(key, int) else (f".{key}" if self.path else key)
-        return _Context(self.source, self.path + step)
+        return _Context(self.source, self, key)
 
     def fail(self, what: str) -> NoReturn:
-        where = f"{self.path}: " if self.path else ""
+        path = self.path
+        where = f"{path}: " if path else ""
         raise ApiUnavailable(f"unusable answer from the NordVPN API ({self.source}): {where}{what}")
 
     def expect(self, value: object, kind: type[T]) -> T:
-        # bool is an int in Python, but never an acceptable integer in these documents.
-        if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            return value
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if _is(value, kind):
             return value  # type: ignore[return-value]
         self.fail(f"expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {_describe(value)}")
 
     def field(self, obj: dict[str, Any], key: str, kind: type[T]) -> T:
-        if key not in obj:
+        try:
+            value = obj[key]
+        except KeyError:
             self.at(key).fail("missing")
-        return self.at(key).expect(obj[key], kind)
+        if _is(value, kind):
+            return value  # type: ignore[no-any-return]
+        return self.at(key).expect(value, kind)
 
 
 def decode_json(data: bytes, source: str) -> Any:
