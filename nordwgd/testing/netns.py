@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,14 @@ def run(
 def create_netns(name: str) -> None:
     run(["ip", "netns", "add", name])
     run(["ip", "-n", name, "link", "set", "lo", "up"])
+
+
+def kill_processes_in(name: str) -> None:
+    """SIGKILL every process still inside namespace ``name`` (one this run created)."""
+    out = run(["ip", "netns", "pids", name], check=False).stdout
+    for pid in (int(word) for word in out.split() if word.isdigit()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def delete_netns(name: str) -> None:
@@ -187,9 +196,11 @@ def popen_python_module(
 
 
 def cleanup_run(run_id: str = RUN_ID) -> None:
-    """Remove namespaces and wireguard-go sockets whose names carry ``run_id``."""
+    """Remove namespaces (and the processes left in them) and wireguard-go sockets whose
+    names carry ``run_id``: deleting a namespace alone would leave its processes running."""
     for name in list_netns():
         if name.startswith(NETNS_PREFIX) and run_id in name:
+            kill_processes_in(name)
             delete_netns(name)
     with contextlib.suppress(FileNotFoundError):
         for sock in Path("/var/run/wireguard").glob(f"*{run_id}*.sock"):

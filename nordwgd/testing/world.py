@@ -467,7 +467,7 @@ class World:
         for process in reversed(self._processes):
             _stop(process)
         for name in self._namespaces:
-            _kill_remaining(name)
+            ns.kill_processes_in(name)
         for name in reversed(self._namespaces):
             ns.delete_netns(name)
         shutil.rmtree(Path("/etc/netns") / self.host_ns, ignore_errors=True)
@@ -566,11 +566,3 @@ def _stop(process: subprocess.Popen[Any]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             process.wait(timeout=5)
-
-
-def _kill_remaining(netns: str) -> None:
-    """Kill processes still inside a namespace of this world (started there by tests)."""
-    out = ns.run(["ip", "netns", "pids", netns], check=False).stdout
-    for pid in (int(word) for word in out.split() if word.isdigit()):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
