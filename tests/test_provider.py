@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -261,3 +262,53 @@ async def test_secrets_never_logged_nor_shown(
         assert token not in text and private_key not in text, record.name
     for shown in (repr(credentials), str(credentials), repr(client), str(caught.value)):
         assert token not in shown and private_key not in shown
+
+
+class SleepRecorder:
+    """Stands in for asyncio.sleep: records the delays the client asks for, waits none."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self._sleep = asyncio.sleep
+
+    async def __call__(self, delay: float, result: object = None) -> object:
+        self.delays.append(delay)
+        return await self._sleep(0, result)
+
+
+@pytest.mark.parametrize(("max_delay", "expected"), [(5.0, [1.0, 1.0]), (0.25, [0.25, 0.25])])
+async def test_retry_after_is_honoured_and_capped(
+    fake: FakeApi,
+    pki: Pki,
+    monkeypatch: pytest.MonkeyPatch,
+    max_delay: float,
+    expected: list[float],
+) -> None:
+    recorder = SleepRecorder()
+    monkeypatch.setattr(asyncio, "sleep", recorder)
+    api = NordVpnApi(config_for(fake, pki, attempts=3), backoff=0.01, max_delay=max_delay)
+    fake.set_fault("429")
+    try:
+        with pytest.raises(ApiUnavailable, match="rate limited"):
+            await api.groups()
+    finally:
+        await api.aclose()
+    assert recorder.delays == expected
+    # A rate limit is not worked around by asking the other address: one request per round.
+    assert len([r for r in fake.requests if r[1] == "/v1/servers/groups"]) == 3
+
+
+async def test_server_errors_try_every_address_then_back_off(
+    fake: FakeApi, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorder = SleepRecorder()
+    monkeypatch.setattr(asyncio, "sleep", recorder)
+    api = NordVpnApi(config_for(fake, pki, attempts=3), backoff=0.5, max_delay=10.0)
+    fake.set_fault("500")
+    try:
+        with pytest.raises(ApiUnavailable, match=r"3 rounds over 2 addresses\): .*HTTP 500"):
+            await api.groups()
+    finally:
+        await api.aclose()
+    assert recorder.delays == [0.5, 1.0]
+    assert len([r for r in fake.requests if r[1] == "/v1/servers/groups"]) == 6
