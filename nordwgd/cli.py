@@ -296,7 +296,8 @@ async def _wait_for(
                 return EXIT_OK
             if state == "error" and (seen_progress or before != "error"):
                 cause = cause or str(await client.get("ErrorCause"))
-                raise CliError(f"{goal} failed: {cause or 'unknown cause'}", EXIT_FAILURE)
+                verb = "connect" if goal == "connected" else "disconnect"
+                raise CliError(f"{verb} failed: {cause or 'unknown cause'}", EXIT_FAILURE)
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise CliError(

@@ -12,10 +12,11 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.fixtures_dbus import PYTHON, REPO, PrivateBus, Service
+from tests.fixtures_dbus import PYTHON, REPO, DaemonProcess, PrivateBus, Service
 
 
 @dataclass
@@ -245,3 +246,42 @@ def test_version_without_daemon(private_bus: PrivateBus) -> None:
     )
     assert result.returncode == 0
     assert result.stdout.splitlines() == ["nordwgctl 0.1.0", "nordwgd not running"]
+
+
+# Against the real daemon in the test world ----------------------------------------------
+
+
+@pytest.mark.root
+async def test_real_daemon_status_countries_connect(world_daemon: DaemonProcess) -> None:
+    address = world_daemon.bus.address
+    result = await nordwgctl("--bus", address, "status", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["State"] == "disconnected"
+    result = await nordwgctl("--bus", address, "countries", "--json")
+    assert result.code == 0, result.err
+    countries = json.loads(result.out)
+    assert countries and all(set(c) == {"code", "name", "id"} for c in countries)
+    result = await nordwgctl("--bus", address, "connect", "--timeout", "90")
+    assert result.code == 0, result.err + world_daemon.log_text()
+    assert "connected to " in result.out
+    status = json.loads((await nordwgctl("--bus", address, "status", "--json")).out)
+    assert status["State"] == "connected"
+    result = await nordwgctl("--bus", address, "disconnect")
+    assert result.code == 0, result.err
+    status = json.loads((await nordwgctl("--bus", address, "status", "--json")).out)
+    assert status["State"] == "disconnected"
+
+
+@pytest.mark.root
+async def test_real_daemon_login_and_unknown_location(
+    world_daemon: DaemonProcess, shared_world: Any
+) -> None:
+    address = world_daemon.bus.address
+    token = shared_world.token.reveal()
+    result = await nordwgctl("--bus", address, "login", "--stdin", stdin=token + "\n")
+    assert result.code == 0, result.err
+    assert token not in world_daemon.log_text()
+    result = await nordwgctl("--bus", address, "connect", "Atlantis/Nowhere", "--no-wait")
+    assert result.code == 2
+    assert result.err.startswith("nordwgctl: unknown location: ")
+    _assert_no_traceback(result)
