@@ -116,10 +116,9 @@ class _NftablesEngine:
 
 def check_listing(policy: FirewallPolicy, objects: list[dict[str, Any]]) -> str | None:
     """None when the JSON listing of our table enforces ``policy``, else what is wrong."""
+    marker = tag(policy)
     chains = {o["chain"]["name"]: o["chain"] for o in objects if "chain" in o}
-    marked = {
-        o["rule"]["chain"] for o in objects if o.get("rule", {}).get("comment") == tag(policy)
-    }
+    marked = {o["rule"]["chain"] for o in objects if o.get("rule", {}).get("comment") == marker}
     for name in BASE_CHAINS:
         chain = chains.get(name)
         if chain is None:
@@ -127,7 +126,7 @@ def check_listing(policy: FirewallPolicy, objects: list[dict[str, Any]]) -> str 
         if chain.get("policy") != "drop" or chain.get("hook") != name:
             return f"chain {name} does not drop by default on hook {name}"
         if name not in marked:
-            return f"chain {name} does not carry the policy marker {tag(policy)!r}"
+            return f"chain {name} does not carry the policy marker {marker!r}"
     return None
 
 

@@ -7,8 +7,8 @@ docs/security.md). The renderers turn the value into rules without adding decisi
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
+from functools import cached_property
 from ipaddress import (
     IPv4Address,
     IPv4Network,
@@ -67,11 +67,11 @@ class FirewallPolicy:
     def blocking(self) -> Blocking:
         return "blocked" if self.block else "open"
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """A short stable fingerprint, stored in the applied rules so that they can be verified."""
-        canonical = json.dumps(asdict(self), sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        # the dataclass repr lists every field in order, and ipaddress reprs are canonical
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
 
 def policy_for_state(
