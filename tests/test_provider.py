@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
+import traceback
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from ipaddress import IPv4Address, ip_address
@@ -260,8 +262,17 @@ async def test_secrets_never_logged_nor_shown(
     for record in caplog.records:
         text = record.getMessage() + repr(record.args)
         assert token not in text and private_key not in text, record.name
-    for shown in (repr(credentials), str(credentials), repr(client), str(caught.value)):
+    error = caught.value
+    assert error.__traceback__ is not None
+    # The client's frames only: this test function itself holds the token in a local.
+    inner = error.__traceback__.tb_next
+    with_locals = "".join(
+        traceback.TracebackException(type(error), error, inner, capture_locals=True).format()
+    )
+    assert "Authorization" in with_locals or "authorization" in with_locals
+    for shown in (repr(credentials), str(credentials), repr(client), with_locals):
         assert token not in shown and private_key not in shown
+        assert base64.b64encode(f"token:{token}".encode()).decode() not in shown
 
 
 class SleepRecorder:

@@ -152,7 +152,7 @@ class NordVpnApi:
         address: IPAddress,
         path: str,
         params: Mapping[str, str | int],
-        headers: Mapping[str, str],
+        headers: httpx.Headers,
     ) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) from one address, or _Retryable."""
         api = self._api
@@ -207,15 +207,20 @@ class NordVpnApi:
     ) -> T:
         api = self._api
         client = await self._get_client()
-        headers = {
-            "Host": api.host if api.port == 443 else f"{api.host}:{api.port}",
-            "Accept": "application/json",
-            "Accept-Encoding": "identity",
-            "User-Agent": USER_AGENT,
-        }
+        # httpx.Headers redacts Authorization in its repr, so the token stays out of
+        # tracebacks that show locals; no plain local ever holds the encoded token.
+        headers = httpx.Headers(
+            {
+                "Host": api.host if api.port == 443 else f"{api.host}:{api.port}",
+                "Accept": "application/json",
+                "Accept-Encoding": "identity",
+                "User-Agent": USER_AGENT,
+            }
+        )
         if token is not None:
-            basic = base64.b64encode(f"token:{token.reveal()}".encode()).decode()
-            headers["Authorization"] = f"Basic {basic}"
+            headers["Authorization"] = (
+                "Basic " + base64.b64encode(f"token:{token.reveal()}".encode()).decode()
+            )
         reason = "no attempt made"
         rounds = max(1, api.attempts)
         for round_index in range(rounds):

@@ -342,6 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def version_string(self) -> str:
         return "nginx"
+
     server: _TlsServer
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -624,8 +625,8 @@ class _ControlHandler(socketserver.StreamRequestHandler):
         for line in self.rfile:
             try:
                 answer = self.server.api.control(json.loads(line))
-            except (ValueError, TypeError, KeyError) as error:
-                answer = {"ok": False, "error": str(error)}
+            except (ValueError, TypeError, KeyError, AttributeError) as error:
+                answer = {"ok": False, "error": f"bad control command: {error}"}
             self.wfile.write(_compact(answer) + b"\n")
             self.wfile.flush()
 
@@ -757,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         serve(args.fleet, args.pki_dir, args.listen, args.control)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, TypeError) as error:
         print(f"fakeapi: {error}", file=sys.stderr)
         return 1
     return 0
