@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from ipaddress import IPv4Network, ip_address, ip_network
+from ipaddress import IPv4Network, ip_address
 from pathlib import Path
 
 from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
@@ -171,8 +171,9 @@ def _transfer(ns: dict[str, str]) -> float:
 def bench_forwarding() -> dict[str, float]:
     with _namespaces("client", "router", "server") as ns:
         c, r, s = (("ip", "-n", ns[k]) for k in ("client", "router", "server"))
-        _run(*c, "link", "add", "up0", "type", "veth", "peer", "name", "lan0", "netns", ns["router"])
-        _run(*r, "link", "add", "wg0", "type", "veth", "peer", "name", "in0", "netns", ns["server"])
+        veth = ("link", "add")
+        _run(*c, *veth, "up0", "type", "veth", "peer", "name", "lan0", "netns", ns["router"])
+        _run(*r, *veth, "wg0", "type", "veth", "peer", "name", "in0", "netns", ns["server"])
         for side, link, address in (
             (c, "up0", "192.168.10.2/24"),
             (r, "lan0", "192.168.10.1/24"),
@@ -185,7 +186,7 @@ def bench_forwarding() -> dict[str, float]:
         _run(*s, "route", "add", "192.168.10.0/24", "via", "198.18.0.1")  # before masquerading
         _run("ip", "netns", "exec", ns["router"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         without = statistics.median(_transfer(ns) for _ in range(TRANSFER_REPEATS))
-        policy = _policy("wg0", (ip_network("192.168.10.0/24"), *_many_networks(NETWORKS)), ())
+        policy = _policy("wg0", (IPv4Network("192.168.10.0/24"), *_many_networks(NETWORKS)), ())
         _run(
             "ip", "netns", "exec", ns["router"], PYTHON, "-c",
             "import asyncio,pickle,sys; from nordwgd.firewall import Firewall; "

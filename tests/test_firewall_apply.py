@@ -184,7 +184,7 @@ class Pair:
         for item in listing["nftables"]:
             rule = item.get("rule")
             if rule and rule.get("comment") == key:
-                return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+                return int(next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e))
         raise AssertionError(f"monitor rule {key} vanished")
 
     def nft_host(self, *argv: str) -> str:
