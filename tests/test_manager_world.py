@@ -1,0 +1,274 @@
+"""The Manager for real, in the test world's host namespace.
+
+A driver process runs a Manager with the real engine (nftables, wireguard-go, routes, DNS)
+inside the host namespace and speaks JSON lines: commands on stdin, replies and every property
+notification on stdout. The test checks what a user would: the web server sees the VPN server's
+address while connected, a dead server is left for another one without packets leaking, and
+after Disconnect traffic leaves through the uplink again.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nordwgd.testing import netns as ns
+from nordwgd.testing.world import World
+
+DRIVER = r"""
+import asyncio, json, logging, sys
+from pathlib import Path
+
+from nordwgd.config import load_config
+from nordwgd.errors import NordwgdError
+from nordwgd.machine import Tuning
+from nordwgd.manager import Manager
+
+def emit(message):
+    sys.stdout.write(json.dumps(message, default=str) + "\n")
+    sys.stdout.flush()
+
+def matches(props, want):
+    server = props["Server"].get("hostname", "")
+    if "State" in want and props["State"] != want["State"]:
+        return False
+    if "hostname" in want and server != want["hostname"]:
+        return False
+    if "not_hostname" in want and server in ("", want["not_hostname"]):
+        return False
+    return True
+
+async def main():
+    logging.basicConfig(
+        filename=sys.argv[2], level=logging.DEBUG,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = load_config(Path(sys.argv[1]))
+    tuning = Tuning(health_tick=0.5, retry_base=0.5, retry_max=2.0, failover_min_interval=2.0)
+    manager = Manager(config, tuning=tuning)
+    manager.subscribe(lambda changed: emit({"event": "changed", "changed": changed}))
+    await manager.start()
+    emit({"event": "started", "props": manager.properties()})
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            await manager.stop(keep_blocking=False)
+            return
+        command = json.loads(line)
+        op = command["op"]
+        try:
+            if op == "connect":
+                await manager.connect(command.get("options", {}))
+                result = None
+            elif op == "disconnect":
+                await manager.disconnect()
+                result = None
+            elif op == "wait":
+                want = command["want"]
+                result = await manager.wait_for(lambda p: matches(p, want), command["limit"])
+            elif op == "statistics":
+                result = await manager.get_statistics()
+            elif op == "stop":
+                await manager.stop(keep_blocking=command["keep_blocking"])
+                emit({"reply": "ok", "result": None})
+                return
+            else:
+                raise ValueError(op)
+        except NordwgdError as error:
+            emit({"reply": "error", "error": error.nick, "message": str(error)})
+        except TimeoutError:
+            emit({"reply": "timeout", "props": manager.properties()})
+        else:
+            emit({"reply": "ok", "result": result})
+
+asyncio.run(main())
+"""
+
+
+class Driver:
+    """The driver process and its output, read by a thread into a queue."""
+
+    def __init__(self, world: World, config: Path, log: Path) -> None:
+        self.log = log
+        self.process = world.host_popen(
+            [sys.executable, "-c", DRIVER, str(config), str(log)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ns.python_env(),
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.changes: list[dict[str, Any]] = []
+        self.other: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.other.append(line)
+                continue
+            if message.get("event") == "changed":
+                self.changes.append(message["changed"])
+            else:
+                self.lines.put(message)
+
+    def next(self, limit: float) -> dict[str, Any]:
+        try:
+            return self.lines.get(timeout=limit)
+        except queue.Empty:
+            raise AssertionError(f"no answer from the driver; log:\n{self.tail()}") from None
+
+    def call(self, op: str, within: float = 30.0, **fields: Any) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        reply = self.next(within + 10.0)
+        assert reply.get("reply") == "ok", f"{op}: {reply}\n{self.tail()}"
+        return reply["result"]
+
+    def wait(self, limit: float = 30.0, **want: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("wait", limit, want=want, limit=limit)
+        return result
+
+    def states(self) -> list[str]:
+        return [change["State"] for change in self.changes if "State" in change]
+
+    def tail(self) -> str:
+        try:
+            lines = self.log.read_text().splitlines()[-40:]
+        except OSError:
+            lines = []
+        return "\n".join(lines + self.other[-20:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()  # the driver stops the manager at end of input
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def driver(world: World) -> Iterator[Driver]:
+    config = world.write_config(
+        world.tmp_dir / "nordwgd.toml",
+        health={
+            "urls": [f"http://{world.web_address}/health"],
+            "interval": 1.0,
+            "attempts": 2,
+            "timeout": 1.0,
+            "handshake_timeout": 5.0,
+        },
+    )
+    running = Driver(world, config, world.tmp_dir / "driver.log")
+    try:
+        started = running.next(60.0)
+        assert started.get("event") == "started", f"{started}\n{running.tail()}"
+        yield running
+    finally:
+        running.close()
+
+
+def table_exists(world: World) -> bool:
+    listed = world.host_exec(["nft", "list", "tables"], check=False).stdout
+    return "inet nordwgd" in listed
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_connect_fail_over_and_disconnect(world: World, driver: Driver) -> None:
+    stations = {server.hostname: server.station for server in world.servers}
+    assert world.http_get_from_host() == world.host_address  # open before connecting
+
+    driver.call("connect", options={})
+    props = driver.wait(60.0, State="connected")
+    first = props["Server"]["hostname"]
+    assert first in stations
+    assert props["Blocking"] == "blocked"
+    assert props["Interface"] == world.interface
+    assert props["TunnelAddress"] == "10.5.0.2/32"
+    assert props["ConnectedSince"] > 0
+    # Through the tunnel, the web server sees the VPN server's address, not ours.
+    assert world.http_get_from_host() == stations[first]
+    statistics = driver.call("statistics")
+    assert statistics["rx_bytes"] > 0
+    assert statistics["latest_handshake"] > 0
+
+    assert world.leak_monitor is not None
+    world.leak_monitor.reset()
+    world.silence_server(first)
+    props = driver.wait(90.0, State="connected", not_hostname=first)
+    second = props["Server"]["hostname"]
+    assert second in stations and second != first
+    assert world.http_get_from_host() == stations[second]
+    # Nothing left the host outside the tunnel while the first server was dead.
+    assert world.leak_monitor.count() == 0, world.leak_monitor.leaks()
+
+    driver.call("disconnect")
+    props = driver.wait(30.0, State="disconnected")
+    assert props["Blocking"] == "open"
+    assert props["Server"] == {}
+    assert world.http_get_from_host() == world.host_address
+
+    states = driver.states()
+    assert states[:2] == ["connecting", "connected"]
+    assert "reconnecting" in states
+    assert states[-2:] == ["disconnecting", "disconnected"]
+
+    driver.call("stop", keep_blocking=False)
+    assert driver.process.wait(timeout=20) == 0
+    assert not table_exists(world)
+    links = world.host_exec(["ip", "-o", "link", "show"]).stdout
+    assert world.interface not in links
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_killed_daemon_is_resumed_without_opening(world: World, driver: Driver) -> None:
+    driver.call("connect", options={"country": "NL"})
+    props = driver.wait(60.0, State="connected")
+    assert props["Server"]["hostname"] == "nl801.nordvpn.com"
+    driver.process.kill()
+    driver.process.wait()
+    # The table outlives the process: traffic goes through the tunnel or nowhere.
+    assert table_exists(world)
+    curl = ["curl", "-sS", "--max-time", "2", f"http://{world.web_address}/"]
+    assert world.host_exec(curl, check=False).stdout.strip() != world.host_address
+
+    config = world.tmp_dir / "nordwgd.toml"
+    resumed = Driver(world, config, world.tmp_dir / "driver2.log")
+    try:
+        started = resumed.next(60.0)
+        assert started["props"]["State"] == "connecting", resumed.tail()
+        assert started["props"]["Blocking"] == "blocked"
+        props = resumed.wait(60.0, State="connected")
+        assert props["Server"]["hostname"] == "nl801.nordvpn.com"
+        deadline = time.monotonic() + 10
+        seen = ""
+        while time.monotonic() < deadline:
+            try:
+                seen = world.http_get_from_host()
+                break
+            except (subprocess.CalledProcessError, RuntimeError):
+                time.sleep(0.2)
+        assert seen == world.server("nl801.nordvpn.com").station
+    finally:
+        resumed.close()
