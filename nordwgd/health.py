@@ -123,10 +123,10 @@ class HealthMonitor:
                 results = await asyncio.gather(
                     *(self._prober(url, self._config.timeout) for url in self._config.urls)
                 )
-                details["probes"] = [
-                    f"{url}: {'ok' if result is None else result}"
+                details["probes"] = {
+                    url: "ok" if result is None else result
                     for url, result in zip(self._config.urls, results, strict=True)
-                ]
+                }
                 if all(result is not None for result in results):
                     problems.append("no probe URL answered")
             healthy = not problems

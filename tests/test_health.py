@@ -1,0 +1,186 @@
+"""The health monitor: handshake age, probes, attempts, triggers; and the real HTTP probe."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import pytest
+
+from nordwgd.config import HealthConfig
+from nordwgd.health import HealthMonitor, http_probe
+from nordwgd.wireguard import PeerStats
+
+NOW = 1_700_000_000.0
+URL = "http://198.51.100.80/health"
+
+
+class Peer:
+    def __init__(self) -> None:
+        self.stats = PeerStats(NOW - 10, 1000, 1000)
+
+    async def __call__(self) -> PeerStats:
+        return self.stats
+
+
+class Prober:
+    def __init__(self) -> None:
+        self.answer: str | None = None
+        self.calls: list[str] = []
+
+    async def __call__(self, url: str, seconds: float) -> str | None:
+        self.calls.append(url)
+        return self.answer
+
+
+def monitor(
+    config: HealthConfig, peer: Peer, prober: Prober, failures: list[str], tick: float = 3600
+) -> HealthMonitor:
+    return HealthMonitor(
+        config, peer, failures.append, tick=tick, prober=prober, wall_clock=lambda: NOW
+    )
+
+
+BASE = HealthConfig(urls=(URL,), attempts=2, interval=3600, handshake_max_age=180)
+
+
+async def test_healthy_tunnel() -> None:
+    failures: list[str] = []
+    prober = Prober()
+    healthy, details = await monitor(BASE, Peer(), prober, failures).check_now()
+    assert healthy
+    assert details["handshake_age"] == 10
+    assert details["probes"] == {URL: "ok"}
+    assert details["failures"] == 0
+    assert prober.calls == [URL]
+    assert failures == []
+
+
+async def test_old_handshake_fails_after_attempts() -> None:
+    failures: list[str] = []
+    peer = Peer()
+    peer.stats = PeerStats(NOW - 600, 1000, 1000)
+    health = monitor(BASE, peer, Prober(), failures)
+    healthy, details = await health.check_now()
+    assert not healthy
+    assert details["reason"] == "last handshake 600s ago"
+    assert failures == []  # one failure is not enough with attempts=2
+    await health.check_now()
+    assert failures == ["last handshake 600s ago"]
+    assert health.failures == 0  # counted again from zero after reporting
+
+
+async def test_never_a_handshake_is_unhealthy() -> None:
+    peer = Peer()
+    peer.stats = PeerStats(0.0, 0, 0)
+    healthy, details = await monitor(BASE, peer, Prober(), []).check_now()
+    assert not healthy
+    assert details["handshake_age"] == -1
+    assert "no handshake" in str(details["reason"])
+
+
+async def test_failed_probes_count_and_a_success_resets() -> None:
+    failures: list[str] = []
+    prober = Prober()
+    health = monitor(BASE, Peer(), prober, failures)
+    prober.answer = "ConnectTimeout"
+    healthy, details = await health.check_now()
+    assert not healthy
+    assert details["probes"] == {URL: "ConnectTimeout"}
+    prober.answer = None
+    assert (await health.check_now())[0]
+    prober.answer = "ConnectTimeout"
+    await health.check_now()
+    assert failures == []  # never two failures in a row
+    await health.check_now()
+    assert failures == ["no probe URL answered"]
+
+
+async def test_one_answering_url_is_enough() -> None:
+    class Mixed(Prober):
+        async def __call__(self, url: str, seconds: float) -> str | None:
+            return None if url.endswith("/b") else "ConnectError"
+
+    config = replace(BASE, urls=("http://198.51.100.80/a", "http://198.51.100.80/b"))
+    healthy, _ = await monitor(config, Peer(), Mixed(), []).check_now()
+    assert healthy
+
+
+async def test_without_urls_only_the_handshake_counts() -> None:
+    prober = Prober()
+    healthy, details = await monitor(replace(BASE, urls=()), Peer(), prober, []).check_now()
+    assert healthy
+    assert "probes" not in details
+    assert prober.calls == []
+
+
+async def test_trigger_probes_at_once() -> None:
+    prober = Prober()
+    health = monitor(BASE, Peer(), prober, [], tick=3600)
+    health.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert prober.calls == []  # the interval (an hour) has not passed
+        health.trigger()
+        for _ in range(100):
+            if prober.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert prober.calls == [URL]
+    finally:
+        await health.stop()
+
+
+async def test_sending_without_receiving_brings_the_probe_forward() -> None:
+    peer = Peer()
+    prober = Prober()
+    health = monitor(BASE, peer, prober, [], tick=0.01)
+    health.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert prober.calls == []  # counters unchanged: no reason to probe before the interval
+        peer.stats = PeerStats(NOW - 10, 1000, 5000)  # sent 4000 bytes, received nothing
+        for _ in range(100):
+            if prober.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert prober.calls
+    finally:
+        await health.stop()
+
+
+# -- the real probe against a local HTTP server -------------------------------------------
+
+
+@pytest.fixture
+async def web() -> AsyncIterator[str]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/health"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_http_probe_any_status_is_an_answer(web: str) -> None:
+    assert await http_probe(web, 2.0) is None
+
+
+async def test_http_probe_refused_is_a_reason() -> None:
+    async def closed_port() -> int:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port: int = server.sockets[0].getsockname()[1]
+        server.close()
+        await server.wait_closed()
+        return port
+
+    reason = await http_probe(f"http://127.0.0.1:{await closed_port()}/", 2.0)
+    assert reason is not None and reason.startswith("ConnectError")
