@@ -103,20 +103,16 @@ class Container:
         return result
 
     def run_as(
-        self, user: str, argv: Sequence[str], **kwargs: object
+        self,
+        user: str,
+        argv: Sequence[str],
+        *,
+        check: bool = True,
+        timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` inside the container as ``user`` (no login session)."""
-        return self.run(
-            [
-                "setpriv",
-                f"--reuid={user}",
-                f"--regid={user}",
-                "--init-groups",
-                "--reset-env",
-                *argv,
-            ],
-            **kwargs,
-        )  # type: ignore[arg-type]
+        """Run ``argv`` inside the container as ``user``, outside any login session."""
+        switch = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"]
+        return self.run([*switch, *argv], check=check, timeout=timeout)
 
     def wait_running(self, timeout: float = 60.0) -> str:
         """Wait until boot finished; returns ``running`` or ``degraded``."""
