@@ -232,7 +232,7 @@ def _journal_handler() -> logging.Handler | None:
                     SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER,
                     LOGGER=record.name,
                     CODE_FILE=record.pathname,
-                    CODE_LINE=str(record.lineno),
+                    CODE_LINE=record.lineno,
                     CODE_FUNC=record.funcName,
                     **fields,
                 )

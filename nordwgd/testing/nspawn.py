@@ -111,8 +111,9 @@ class Container:
         timeout: float = 120.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the container as ``user``, outside any login session."""
-        switch = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups"]
-        return self.run([*switch, *argv], check=check, timeout=timeout)
+        # The user's primary group is looked up inside: "nobody" belongs to "nogroup".
+        switch = 'u=$1; shift; exec setpriv --reuid="$u" --regid="$(id -g "$u")" --init-groups "$@"'
+        return self.run(["sh", "-c", switch, "sh", user, *argv], check=check, timeout=timeout)
 
     def wait_running(self, timeout: float = 60.0) -> str:
         """Wait until boot finished; returns ``running`` or ``degraded``."""

@@ -1,0 +1,294 @@
+"""nordwgd under real systemd: installed units, READY, the bus API, polkit, timers, watchdog.
+
+Each container is an overlay of this machine's root booted with systemd-nspawn and its own
+network namespace (``--private-network``): the daemon's firewall only ever touches that.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from nordwgd.testing.nspawn import Container, boot_container
+
+pytestmark = [pytest.mark.nspawn, pytest.mark.root, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+BUS = ("org.nordwgd.Nordwgd1", "/org/nordwgd/Nordwgd1", "org.nordwgd.Nordwgd1.Manager")
+INSTALLED_UNITS = [
+    f"/usr/lib/systemd/system/{unit.name}" for unit in sorted((REPO / "units").glob("nordwgd*"))
+]
+TIMERS = ("nordwgd-renew.timer", "nordwgd-health.timer")
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll ``check`` until it holds; the timeout only bounds a hang, it is not a measurement."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def busctl(box: Container, *args: str, user: str | None = None, check: bool = True) -> str:
+    argv = ["busctl", "--system", *args]
+    result = box.run_as(user, argv, check=check) if user else box.run(argv, check=check)
+    return result.stdout + result.stderr if not check else result.stdout
+
+
+def get_property(box: Container, name: str) -> str:
+    return busctl(box, "get-property", *BUS, name).strip()
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Container]:
+    with boot_container(enable=TIMERS) as container:
+        yield container
+
+
+@pytest.fixture
+def running(box: Container) -> Container:
+    box.run(["systemctl", "start", "nordwgd.service"])
+    return box
+
+
+# --- the harness itself, with a tiny notify unit using nordwgd.systemd ----------------------
+
+NOTIFY_PROBE = """\
+import asyncio, os, sys
+from nordwgd import systemd
+
+async def main() -> None:
+    flag = sys.argv[1]
+    watchdog = systemd.Watchdog(lambda: os.path.exists(flag))
+    watchdog.start()
+    systemd.ready("probe up")
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def probe_unit(python: str) -> str:
+    return f"""\
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={python} /usr/local/lib/nordwgd-probe.py /run/probe-alive
+WatchdogSec=2s
+Restart=on-failure
+RestartSec=100ms
+"""
+
+
+def test_notify_and_watchdog_under_real_systemd(box: Container) -> None:
+    box.run(
+        ["install", "-D", "-m", "0644", "/dev/stdin", "/usr/local/lib/nordwgd-probe.py"],
+        input=NOTIFY_PROBE,
+    )
+    box.run(
+        ["install", "-D", "-m", "0644", "/dev/stdin", "/run/systemd/system/nordwgd-probe.service"],
+        input=probe_unit(sys.executable),
+    )
+    box.run(["touch", "/run/probe-alive"])
+    box.run(["systemctl", "daemon-reload"])
+    try:
+        # Type=notify: start returns only after READY=1 arrived.
+        box.run(["systemctl", "start", "nordwgd-probe.service"])
+        assert box.unit_property("nordwgd-probe.service", "ActiveState") == "active"
+        assert box.unit_property("nordwgd-probe.service", "StatusText") == "probe up"
+        first = box.unit_property("nordwgd-probe.service", "MainPID")
+        # The liveness check fails: the pings stop and systemd restarts the service.
+        box.run(["rm", "/run/probe-alive"])
+        wait_for(
+            "a watchdog restart",
+            lambda: int(box.unit_property("nordwgd-probe.service", "NRestarts")) >= 1,
+        )
+        box.run(["touch", "/run/probe-alive"])
+        wait_for(
+            "the restarted probe",
+            lambda: box.unit_property("nordwgd-probe.service", "ActiveState") == "active",
+        )
+        assert box.unit_property("nordwgd-probe.service", "MainPID") != first
+        journal = box.journal("nordwgd-probe.service")
+        assert "Watchdog timeout" in journal, journal
+    finally:
+        box.run(["systemctl", "stop", "nordwgd-probe.service"], check=False)
+
+
+# --- installed files -------------------------------------------------------------------------
+
+
+def test_installed_units_verify(box: Container) -> None:
+    result = box.run(["systemd-analyze", "verify", *INSTALLED_UNITS], check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line for line in result.stderr.splitlines() if "nordwgd" in line] == []
+
+
+def test_polkit_knows_the_actions(box: Container) -> None:
+    for action in ("org.nordwgd.nordwgd1.control", "org.nordwgd.nordwgd1.configure"):
+        out = box.run(["pkaction", "--verbose", "--action-id", action]).stdout
+        assert action in out
+    control = box.run(["pkaction", "--verbose", "--action-id", "org.nordwgd.nordwgd1.control"])
+    assert re.search(r"implicit active:\s+yes", control.stdout)
+
+
+def test_timers_are_scheduled(box: Container) -> None:
+    out = box.run(["systemctl", "list-timers", "--all", "--no-pager"]).stdout
+    for timer in TIMERS:
+        assert timer in out
+        assert box.unit_property(timer, "ActiveState") == "active"
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def test_start_waits_for_ready(running: Container) -> None:
+    box = running
+    assert box.unit_property("nordwgd.service", "ActiveState") == "active"
+    assert box.unit_property("nordwgd.service", "SubState") == "running"
+    assert "serving org.nordwgd.Nordwgd1" in box.unit_property("nordwgd.service", "StatusText")
+    owner = busctl(box, "status", "org.nordwgd.Nordwgd1")
+    assert f"PID={box.unit_property('nordwgd.service', 'MainPID')}" in owner
+
+
+def test_properties_over_the_bus(running: Container) -> None:
+    box = running
+    assert get_property(box, "State") == 's "disconnected"'
+    assert get_property(box, "Blocking") == 's "open"'
+    assert get_property(box, "Lockdown") == "b false"
+    assert get_property(box, "Version").startswith('s "')
+    # Reading needs no authorization.
+    as_nobody = busctl(box, "get-property", *BUS, "State", user="nobody")
+    assert as_nobody.strip() == 's "disconnected"'
+
+
+def test_cli_status_json(running: Container) -> None:
+    status = json.loads(running.run(["nordwgctl", "status", "--json"]).stdout)
+    assert status["State"] == "disconnected"
+    assert status["Blocking"] == "open"
+
+
+def test_unprivileged_connect_is_refused_by_polkit(running: Container) -> None:
+    out = busctl(running, "call", *BUS, "Connect", "a{sv}", "0", user="nobody", check=False)
+    assert "org.nordwgd.Nordwgd1.Error.NotAuthorized" in out or "refused by polkit" in out, out
+    assert "refused by polkit" in out, out  # polkit answered, rather than being unreachable
+    assert get_property(running, "State") == 's "disconnected"'
+
+
+def test_only_root_may_own_the_name(running: Container) -> None:
+    result = running.run_as(
+        "nobody",
+        ["dbus-send", "--system", "--print-reply", "--dest=org.freedesktop.DBus",
+         "/org/freedesktop/DBus", "org.freedesktop.DBus.RequestName",
+         "string:org.nordwgd.Nordwgd1", "uint32:4"],
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "AccessDenied" in result.stderr, result.stderr
+
+
+def test_journal_entries_are_tagged(running: Container) -> None:
+    out = running.run(
+        ["journalctl", "--no-pager", "-o", "json", "SYSLOG_IDENTIFIER=nordwgd", "-n", "50"]
+    ).stdout
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert entries, running.journal("nordwgd.service")
+    assert any("ready" in str(entry.get("MESSAGE", "")) for entry in entries)
+    assert all(entry.get("_SYSTEMD_UNIT") == "nordwgd.service" for entry in entries)
+
+
+def test_health_timer_service_calls_the_daemon(running: Container) -> None:
+    box = running
+    box.run(["systemctl", "start", "nordwgd-health.service"])
+    assert box.unit_property("nordwgd-health.service", "Result") == "success"
+    # busctl printed the daemon's reply: (b healthy, a{sv} details).
+    journal = box.journal("nordwgd-health.service")
+    assert re.search(r"busctl\[\d+\]: ba\{sv\} (true|false) ", journal), journal
+
+
+def test_watchdog_restarts_a_stalled_daemon(running: Container) -> None:
+    box = running
+    dropin = "/run/systemd/system/nordwgd.service.d/50-test-watchdog.conf"
+    box.run(["install", "-D", "-m", "0644", "/dev/stdin", dropin],
+            input="[Service]\nWatchdogSec=3s\nRestartSec=100ms\n")  # fmt: skip
+    box.run(["systemctl", "daemon-reload"])
+    try:
+        box.run(["systemctl", "restart", "nordwgd.service"])
+        restarts = int(box.unit_property("nordwgd.service", "NRestarts"))
+        stalled = box.unit_property("nordwgd.service", "MainPID")
+        box.run(["kill", "-STOP", stalled])
+        wait_for(
+            "a watchdog restart of nordwgd",
+            lambda: int(box.unit_property("nordwgd.service", "NRestarts")) > restarts,
+        )
+        wait_for(
+            "nordwgd to be ready again",
+            lambda: box.unit_property("nordwgd.service", "ActiveState") == "active",
+        )
+        assert box.unit_property("nordwgd.service", "MainPID") != stalled
+        assert get_property(box, "State") == 's "disconnected"'
+        assert "Watchdog timeout" in box.journal("nordwgd.service", lines=400)
+    finally:
+        box.run(["rm", "-f", dropin])
+        box.run(["systemctl", "daemon-reload"])
+
+
+def test_stop(running: Container) -> None:
+    box = running
+    box.run(["systemctl", "stop", "nordwgd.service"])
+    assert box.unit_property("nordwgd.service", "ActiveState") == "inactive"
+    assert box.unit_property("nordwgd.service", "Result") == "success"
+    out = busctl(box, "status", "org.nordwgd.Nordwgd1", check=False)
+    assert "PID=" not in out
+
+
+def test_renew_is_skipped_while_the_daemon_is_stopped(box: Container) -> None:
+    box.run(["systemctl", "stop", "nordwgd.service"])
+    box.run(["systemctl", "start", "nordwgd-renew.service"])
+    # ExecCondition said no: skipped, not failed, and the daemon was not bus-activated.
+    assert box.unit_property("nordwgd-renew.service", "Result") == "exec-condition"
+    assert box.unit_property("nordwgd-renew.service", "ActiveState") == "inactive"
+    assert box.unit_property("nordwgd.service", "ActiveState") == "inactive"
+
+
+def test_bus_activation_starts_the_service(box: Container) -> None:
+    box.run(["systemctl", "stop", "nordwgd.service"])
+    assert get_property(box, "State") == 's "disconnected"'
+    assert box.unit_property("nordwgd.service", "ActiveState") == "active"
+    box.run(["systemctl", "stop", "nordwgd.service"])
+
+
+# --- the early-boot kill switch --------------------------------------------------------------
+
+
+def lockdown_config(lockdown: bool) -> str:
+    example = (REPO / "data/nordwgd.toml.example").read_text()
+    replaced, count = re.subn(
+        r"^lockdown = \w+$", f"lockdown = {str(lockdown).lower()}", example, flags=re.M
+    )
+    assert count == 1
+    return replaced
+
+
+@pytest.mark.parametrize("lockdown", [True, False])
+def test_killswitch_at_boot(lockdown: bool) -> None:
+    files = {"/etc/nordwgd/nordwgd.toml": lockdown_config(lockdown)}
+    with boot_container(files=files, enable=("nordwgd-killswitch.service",)) as box:
+        assert box.unit_property("nordwgd-killswitch.service", "ActiveState") == "active"
+        assert box.unit_property("nordwgd-killswitch.service", "Result") == "success"
+        table = box.run(["nft", "list", "table", "inet", "nordwgd"], check=False)
+        if lockdown:
+            assert table.returncode == 0, box.journal("nordwgd-killswitch.service")
+            assert "drop" in table.stdout
+        else:
+            assert table.returncode != 0
+        # It ran before the network could be configured.
+        after = box.unit_property("network-pre.target", "After").split()
+        assert "nordwgd-killswitch.service" in after
