@@ -272,3 +272,122 @@ def test_killed_daemon_is_resumed_without_opening(world: World, driver: Driver) 
         assert seen == world.server("nl801.nordvpn.com").station
     finally:
         resumed.close()
+
+
+# -- the facade in-process: the engine double of test_machine, the fake API on 127.0.0.1 --
+
+
+@pytest.fixture
+async def manager(tmp_path: Path) -> Any:
+    from dataclasses import replace as dc_replace
+    from ipaddress import ip_address
+
+    from nordwgd.config import ApiConfig, Config, PathsConfig
+    from nordwgd.manager import Manager
+    from nordwgd.provider.nordvpn import NordVpnApi
+    from nordwgd.testing.fakeapi import FakeApi
+    from nordwgd.testing.fleet import default_fleet
+    from nordwgd.testing.pki import make_pki
+    from tests.test_machine import FakeEngine
+
+    pki = make_pki(tmp_path / "pki")
+    with FakeApi(default_fleet(), pki) as fake:
+        host, port = fake.addresses[0]
+        api_config = ApiConfig(
+            addresses=(ip_address(host),), port=port, ca_file=pki.ca_cert, timeout=2, attempts=1
+        )
+        config = Config(
+            api=api_config,
+            paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
+        )
+        config = dc_replace(config, health=dc_replace(config.health, handshake_timeout=0.2))
+        engine = FakeEngine()
+        built = Manager(
+            config, engine_factory=lambda _: engine, api=NordVpnApi(api_config, backoff=0.01)
+        )
+        await built.start()
+        try:
+            yield built, engine, config
+        finally:
+            await built.stop(keep_blocking=False)
+
+
+async def test_manager_connect_needs_a_token_and_good_options(manager: Any) -> None:
+    from nordwgd import errors
+    from nordwgd.testing.fleet import default_token
+
+    built, _, config = manager
+    with pytest.raises(errors.NotLoggedIn):
+        await built.connect({})
+    with pytest.raises(errors.InvalidArgument, match="'countr'"):
+        await built.connect({"countr": "DE"})
+    with pytest.raises(errors.InvalidArgument):
+        await built.set_token("short")
+    await built.set_token(default_token())
+    token_file = config.paths.state_dir / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    await built.connect({"country": "DE"})
+    props = await built.wait_for(lambda p: p["State"] == "connected", 10)
+    assert props["Server"]["hostname"] == "de1001.nordvpn.com"
+    record = json.loads((config.paths.runtime_dir / "target.json").read_text())
+    assert record == {"options": {"country": "DE"}}
+    # Logout keeps the tunnel until Disconnect (like NetworkManager).
+    await built.logout()
+    assert not token_file.exists()
+    assert built.properties()["State"] == "connected"
+    await built.disconnect()
+    await built.wait_for(lambda p: p["State"] == "disconnected", 10)
+    assert not (config.paths.runtime_dir / "target.json").exists()
+
+
+async def test_manager_settings_persist(manager: Any) -> None:
+    from nordwgd.manager import load_settings
+
+    built, engine, config = manager
+    await built.set_lockdown(True)
+    await built.set_allow_lan(True)
+    saved = load_settings(config)
+    assert (saved.lockdown, saved.allow_lan) == (True, True)
+    assert built.properties()["Blocking"] == "blocked"
+    assert engine.calls[-1][3:] == (True, True)
+
+
+async def test_manager_lists(manager: Any) -> None:
+    from nordwgd import errors
+
+    built, _, _ = manager
+    countries = await built.list_countries()
+    assert ("DE", "Germany", "81") in countries
+    assert ("Berlin", "2181458") in await built.list_cities("de")
+    with pytest.raises(errors.UnknownLocation):
+        await built.list_cities("Atlantis")
+    assert ("legacy_p2p", "P2P") in await built.list_groups()
+    servers = await built.list_servers({"country": "NL"})
+    assert [s["hostname"] for s in servers] == ["nl801.nordvpn.com", "nl802.nordvpn.com"]
+    assert set(servers[0]) == {
+        "hostname",
+        "name",
+        "country",
+        "country_code",
+        "city",
+        "load",
+        "endpoint",
+        "public_key",
+        "groups",
+    }
+
+
+async def test_manager_diagnose_basic_and_full(manager: Any) -> None:
+    from nordwgd import errors
+
+    built, _, _ = manager
+    report = await built.diagnose("")
+    assert report["mode"] == "basic"
+    assert report["public_ip"] == "127.0.0.1"
+    assert report["protected"] is False
+    with pytest.raises(errors.InvalidArgument):
+        await built.diagnose("everything")
+    full = await built.diagnose("full")
+    assert "lo" in " ".join(full["interfaces"])
+    assert full["kernel"].startswith("Linux")
+    assert "private" not in json.dumps(full, default=str).lower()
