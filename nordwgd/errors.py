@@ -6,7 +6,7 @@ failure explains why a connection is not up, a ``cause`` (the value of the ``Err
 property). The D-Bus layer maps them once, by ``nick``; core code never imports it.
 
     NordwgdError                      base; never raised itself
-    ├── ConfigError                   the config file is unreadable or invalid (names file, key, line)
+    ├── ConfigError                 the config file is unreadable or invalid (names file, line, key)
     ├── InvalidArgument               a caller passed a bad value (D-Bus argument, CLI option)
     │   └── UnknownLocation           a country / city / group / server that does not exist
     ├── NotAuthorized                 polkit (or the bus) refused the caller

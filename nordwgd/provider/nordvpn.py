@@ -23,12 +23,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import httpcore
 import httpx
 
 from nordwgd.config import ApiConfig
 from nordwgd.errors import ApiUnavailable, AuthFailed, InvalidArgument, NoServer, UnknownLocation
 from nordwgd.model import Credentials, IPAddress, Secret, Server
 from nordwgd.provider import parse
+from nordwgd.provider.marked import MarkedNetworkBackend
 from nordwgd.provider.parse import Insights
 
 log = logging.getLogger(__name__)
@@ -132,6 +134,12 @@ class NordVpnApi:
                     else None
                 )
                 transport = httpx.AsyncHTTPTransport(verify=context, socket_options=options)
+                # Mark before connect(): the kill switch admits only marked API packets.
+                transport._pool = httpcore.AsyncConnectionPool(
+                    ssl_context=context,
+                    socket_options=options,
+                    network_backend=MarkedNetworkBackend(),
+                )
                 self._client = httpx.AsyncClient(
                     transport=transport,
                     timeout=httpx.Timeout(self._api.timeout),
