@@ -67,6 +67,7 @@ class Container:
     leader: int  # host PID of the container's PID 1 (systemd)
     console: Path  # the container's console output, for diagnosing failures
     _closed: bool = field(default=False, repr=False)
+    _spawned: list[subprocess.Popen[str]] = field(default_factory=list, repr=False)
 
     def run(
         self,
@@ -101,6 +102,26 @@ class Container:
                 f"stdout: {result.stdout}\nstderr: {result.stderr}"
             )
         return result
+
+    def popen(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """Start a long-running command inside, with text pipes on stdin and stdout.
+
+        The container's teardown stops it (everything inside dies with the container's PID 1).
+        """
+        environment = {"PATH": CONTAINER_PATH, "LANG": "C.UTF-8"}
+        command = [
+            "nsenter", "--target", str(self.leader), "--all", "--",
+            "env", "-i", *(f"{key}={value}" for key, value in environment.items()), *argv,
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._spawned.append(process)
+        return process
 
     def run_as(
         self,
@@ -174,6 +195,16 @@ class Container:
         if self.nspawn.poll() is None:
             self.nspawn.kill()
             self.nspawn.wait(timeout=10)
+        for process in self._spawned:
+            # nsenter itself; what it started died with the container.
+            if process.poll() is None:
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
         with contextlib.suppress(OSError):
             self.console.unlink()
 
