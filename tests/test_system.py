@@ -452,3 +452,50 @@ def test_connect_and_disconnect_under_systemd(world_box: tuple[Container, InnerW
     box.run(["systemctl", "stop", "nordwgd.service"])
     assert box.unit_property("nordwgd.service", "Result") == "success"
     assert world.leaks() == []
+
+
+def connect_and_wait(box: Container) -> None:
+    busctl(box, "call", *BUS, "Connect", "a{sv}", "0")
+    wait_for(
+        "the connection",
+        lambda: get_property(box, "State") in ('s "connected"', 's "error"'),
+        timeout=90,
+    )
+    assert get_property(box, "State") == 's "connected"', box.journal("nordwgd.service")
+
+
+def test_killed_daemon_is_restarted_without_a_leak(world_box: tuple[Container, InnerWorld]) -> None:
+    box, world = world_box
+    box.run(["systemctl", "start", "nordwgd.service"])
+    connect_and_wait(box)
+    restarts = int(box.unit_property("nordwgd.service", "NRestarts"))
+    killed = box.unit_property("nordwgd.service", "MainPID")
+    box.run(["kill", "-KILL", killed])
+    # The kill switch stays in the kernel while no daemon runs.
+    assert "table inet nordwgd" in world.host(["nft", "list", "table", "inet", "nordwgd"])
+    # What the dead daemon recorded is still there for the next one (RuntimeDirectoryPreserve).
+    assert box.run(["ls", "-A", "/run/nordwgd"]).stdout.strip()
+    wait_for(
+        "systemd to restart nordwgd",
+        lambda: (
+            int(box.unit_property("nordwgd.service", "NRestarts")) > restarts
+            and box.unit_property("nordwgd.service", "ActiveState") == "active"
+        ),
+    )
+    assert box.unit_property("nordwgd.service", "MainPID") != killed
+    assert get_property(box, "Blocking") != 's "open"'
+    wait_for(
+        "the restarted daemon to settle",
+        lambda: get_property(box, "State") in ('s "connected"', 's "disconnected"', 's "error"'),
+        timeout=90,
+    )
+    # Traffic still leaves only through the tunnel, or not at all.
+    try:
+        seen = world.host(["curl", "-sS", "--max-time", "5", f"http://{world.info['web']}/"])
+    except Exception:
+        seen = ""
+    assert seen.strip() in ("", *world.info["stations"])
+    busctl(box, "call", *BUS, "Disconnect")
+    wait_for("the disconnect", lambda: get_property(box, "State") == 's "disconnected"')
+    box.run(["systemctl", "stop", "nordwgd.service"])
+    assert world.leaks() == []
