@@ -64,6 +64,7 @@ class NetworkConfig:
     ipv6: Ipv6Policy = "block"
     fwmark: int = 0xCA6C  # marks the daemon's own sockets (WireGuard UDP, API HTTPS)
     table: int = 51820  # routing table of the tunnel
+    namespace: str = "nordwgd"  # namespace mode: the network namespace holding the tunnel
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 
 IFNAMSIZ = 16  # the kernel's buffer, so names hold at most 15 characters
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_NETNS_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 _MAX_U32 = 2**32 - 1
@@ -297,6 +299,18 @@ def _absolute_path(src: _Source, key: str, value: object) -> Path:
     return path
 
 
+def _namespace_name(src: _Source, key: str, value: object) -> str:
+    # The name becomes /run/netns/<name> and /etc/netns/<name>: no path tricks.
+    name = _string(src, key, value)
+    if not _NETNS_NAME.fullmatch(name) or name in (".", ".."):
+        raise src.error(
+            key,
+            "must be a network namespace name of 1 to 64 letters, digits, '_', '-' or '.' "
+            f"{_got(value)}",
+        )
+    return name
+
+
 def _interface_name(src: _Source, key: str, value: object) -> str:
     name = _string(src, key, value)
     if not _IFNAME.fullmatch(name) or name in (".", ".."):
@@ -436,6 +450,7 @@ _SECTIONS: Mapping[str, tuple[str, ...]] = {
         "ipv6",
         "fwmark",
         "table",
+        "namespace",
     ),
     "health": ("urls", "attempts", "interval", "timeout", "handshake_timeout", "handshake_max_age"),
     "api": ("host", "addresses", "port", "ca_file", "timeout", "attempts"),
@@ -481,6 +496,7 @@ def _network_section(t: _Table) -> NetworkConfig:
         ipv6=t.get("ipv6", _choice(IPV6_POLICIES), d.ipv6),
         fwmark=t.get("fwmark", _int_range(1, _MAX_U32), d.fwmark),
         table=t.get("table", _int_range(1, _MAX_U32, _RESERVED_TABLES), d.table),
+        namespace=t.get("namespace", _namespace_name, d.namespace),
     )
 
 

@@ -84,6 +84,7 @@ forward_from = ["10.10.0.0/16"]
 ipv6 = "tunnel"
 fwmark = 4294967295
 table = 1000
+namespace = "vpn.0"
 
 [health]
 urls = ["https://example.com/", "http://192.0.2.1:8080/ping"]
@@ -134,6 +135,7 @@ runtime_dir = "/run/other"
             ipv6="tunnel",
             fwmark=4294967295,
             table=1000,
+            namespace="vpn.0",
         ),
         health=HealthConfig(
             urls=("https://example.com/", "http://192.0.2.1:8080/ping"),
@@ -224,6 +226,10 @@ BAD_CONFIGS = [
     ("[network]\ntable = 254\n", 2, "network.table", "except 253, 254, 255"),
     ("[network]\ntable = 0\n", 2, "network.table", "from 1 to 4294967295"),
     ("[network]\ntable = 1.5\n", 2, "network.table", "must be an integer"),
+    ("[network]\nnamespace = '../x'\n", 2, "network.namespace", "namespace name"),
+    ("[network]\nnamespace = '..'\n", 2, "network.namespace", "namespace name"),
+    ("[network]\nnamespace = ''\n", 2, "network.namespace", "namespace name"),
+    ("[network]\nnamespace = 7\n", 2, "network.namespace", "must be a string"),
     ("[location]\ncountry = 81\n", 2, "location.country", "string or an array"),
     ("[location]\ncity = ['Paris', '']\n", 2, "location.city[1]", "must not be empty"),
     ("[location]\nrandom_top = -1\n", 2, "location.random_top", "from 0"),
