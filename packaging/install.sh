@@ -62,8 +62,17 @@ if [ -z "$python" ]; then
     [ -x "$system_python" ] || die "no $system_python; pass --python or set NORDWGD_SYSTEM_PYTHON"
     say "$system_python -m venv --system-site-packages $root$libdir"
     "$system_python" -m venv --system-site-packages "$root$libdir"
+    # Build from a copy: pip builds in the source tree otherwise (build/, *.egg-info).
+    build_dir=$(mktemp -d "${TMPDIR:-/tmp}/nordwgd-build.XXXXXX")
+    trap 'rm -rf "$build_dir"' EXIT
+    # -L: nordwgd/data is a link to the top-level data/ directory.
+    cp -RL "$source_dir/pyproject.toml" "$source_dir/nordwgd" "$build_dir/"
+    for extra in README.md LICENSE; do
+        if [ -e "$source_dir/$extra" ]; then cp "$source_dir/$extra" "$build_dir/"; fi
+    done
+    find "$build_dir" -name __pycache__ -prune -exec rm -rf {} +
     say "$root$libdir/bin/pip install $source_dir"
-    "$root$libdir/bin/pip" install --quiet --disable-pip-version-check "$source_dir"
+    "$root$libdir/bin/pip" install --quiet --disable-pip-version-check "$build_dir"
     python=$libdir/bin/python
 else
     [ -x "$root$python" ] || [ -x "$python" ] || die "--python $python is not executable"

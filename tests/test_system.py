@@ -499,3 +499,22 @@ def test_killed_daemon_is_restarted_without_a_leak(world_box: tuple[Container, I
     wait_for("the disconnect", lambda: get_property(box, "State") == 's "disconnected"')
     box.run(["systemctl", "stop", "nordwgd.service"])
     assert world.leaks() == []
+
+
+def test_packaged_install_runs_from_its_own_virtualenv() -> None:
+    """install.sh without --python: the private venv under /usr/lib/nordwgd, as packaged."""
+    with boot_container(python=None, boot_timeout=600) as box:
+        wrapper = box.run(["cat", "/usr/bin/nordwgd"]).stdout
+        assert "'/usr/lib/nordwgd/bin/python'" in wrapper
+        started = box.run(["systemctl", "start", "nordwgd.service"], check=False)
+        assert started.returncode == 0, box.journal("nordwgd.service")
+        assert box.unit_property("nordwgd.service", "ActiveState") == "active"
+        main_pid = box.unit_property("nordwgd.service", "MainPID")
+        exe = box.run(["readlink", f"/proc/{main_pid}/exe"]).stdout.strip()
+        assert exe.startswith("/usr/bin/python3")  # the venv's interpreter links to it
+        cmdline = box.run(["cat", f"/proc/{main_pid}/cmdline"]).stdout
+        assert "/usr/lib/nordwgd/bin/python" in cmdline
+        status = json.loads(box.run(["nordwgctl", "status", "--json"]).stdout)
+        assert status["State"] == "disconnected"
+        box.run(["systemctl", "stop", "nordwgd.service"])
+        assert box.unit_property("nordwgd.service", "Result") == "success"

@@ -243,7 +243,7 @@ def _prepare_script(
     base: Path,
     staging: Path,
     install: bool,
-    python: str,
+    python: str | None,
     masks: Sequence[str],
     enable: Sequence[str],
     nspawn_argv: Sequence[str],
@@ -259,9 +259,9 @@ def _prepare_script(
         + f" {q(str(root))}",
     ]
     if install:
-        lines.append(
-            f"{q(str(INSTALL_SCRIPT))} --root {q(str(root))} --python {q(python)} >/dev/null"
-        )
+        # Without an interpreter, install.sh builds its own virtualenv (a packaged install).
+        choice = f" --python {q(python)}" if python else ""
+        lines.append(f"{q(str(INSTALL_SCRIPT))} --root {q(str(root))}{choice} >/dev/null")
     for unit in masks:
         lines.append(f"ln -sfn /dev/null {q(str(root / 'etc/systemd/system' / unit))}")
     lines.append(f"cp -a {q(str(staging))}/. {q(str(root))}/")
@@ -277,7 +277,7 @@ def _prepare_script(
 def boot_container(
     *,
     install: bool = True,
-    python: str | None = None,
+    python: str | None = sys.executable,
     files: Mapping[str, bytes | str] | None = None,
     masks: Sequence[str] = DEFAULT_MASKS,
     enable: Sequence[str] = (),
@@ -287,6 +287,8 @@ def boot_container(
 
     ``files`` maps absolute paths inside the container to contents written before boot (for
     example a config, a drop-in or a test unit). ``enable`` names units enabled before boot.
+    ``python`` is the interpreter the installed commands run (default: this one, so the working
+    tree is tested); None builds the private virtualenv as a package install would.
     """
     if os.geteuid() != 0:
         raise ContainerError("booting a container needs root")
@@ -324,7 +326,7 @@ def boot_container(
             "systemd.unit=multi-user.target",
         ]
         script = _prepare_script(
-            base, staging, install, python or sys.executable, masks, enable, nspawn_argv
+            base, staging, install, python, masks, enable, nspawn_argv
         )
         nspawn = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
