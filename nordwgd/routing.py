@@ -7,6 +7,14 @@ While up (for IPv4, and for IPv6 only when the tunnel carries it)::
     32764: lookup main suppress_prefixlength 0    main wins except for its default route
     32765: not fwmark <fwmark> lookup <table>     everything else unmarked goes to the tunnel
     net.ipv4.conf.all.src_valid_mark = 1          so reverse-path checks see the fwmark
+    net.ipv4.ip_forward = 1                       gateway mode only (IPv6 forwarding too when
+                                                  the tunnel carries IPv6 and forward_from has it)
+
+Forwarded packets carry no fwmark, so the ``not fwmark`` rule sends them into the tunnel table
+as well; replies to the forwarded networks match their connected routes in ``main`` (more
+specific than the suppressed default). Forwarding is switched on only while the routes exist
+and restored to its old value with them; while the tunnel is down (connecting, error, lockdown)
+the firewall's forward chain drops forwarded traffic as well, so it never takes the uplink.
 
 The WireGuard socket carries ``fwmark``, so its encrypted UDP skips the tunnel table and leaves
 by the main table's default route. The priorities are fixed (just below ``main`` at 32766) so
@@ -41,6 +49,8 @@ PRIORITY_SUPPRESS = 32764
 PRIORITY_TUNNEL = 32765
 MAIN_TABLE = 254
 SRC_VALID_MARK = "net/ipv4/conf/all/src_valid_mark"
+IPV4_FORWARD = "net/ipv4/ip_forward"
+IPV6_FORWARD = "net/ipv6/conf/all/forwarding"
 ROUTING_STEPS = frozenset({"route", "rule", "sysctl"})
 
 _FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -65,6 +75,10 @@ def plan(network: NetworkConfig, ifname: str, *, ipv6: bool) -> list[Step]:
         steps.append({"step": "rule", "family": family, "priority": PRIORITY_TUNNEL,
                       "table": network.table, "fwmark": network.fwmark, "invert": True})
     steps.append({"step": "sysctl", "key": SRC_VALID_MARK, "value": "1"})
+    if network.mode == "gateway":
+        steps.append({"step": "sysctl", "key": IPV4_FORWARD, "value": "1"})
+        if ipv6 and any(net.version == 6 for net in network.forward_from):
+            steps.append({"step": "sysctl", "key": IPV6_FORWARD, "value": "1"})
     return steps
 
 
@@ -259,6 +273,8 @@ def _write_sysctl_or_fail(key: str, value: str) -> None:
 
 
 __all__ = [
+    "IPV4_FORWARD",
+    "IPV6_FORWARD",
     "PRIORITY_SUPPRESS",
     "PRIORITY_TUNNEL",
     "ROUTING_STEPS",
