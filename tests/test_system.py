@@ -308,10 +308,15 @@ def test_killswitch_at_boot(lockdown: bool) -> None:
     with boot_container(files=files, enable=("nordwgd-killswitch.service",)) as box:
         assert box.unit_property("nordwgd-killswitch.service", "ActiveState") == "active"
         assert box.unit_property("nordwgd-killswitch.service", "Result") == "success"
-        table = box.run(["nft", "list", "table", "inet", "nordwgd"], check=False)
+        table = box.run(["nft", "--stateless", "list", "table", "inet", "nordwgd"], check=False)
         if lockdown:
             assert table.returncode == 0, box.journal("nordwgd-killswitch.service")
             assert "drop" in table.stdout
+            # Run again, it leaves an existing table (a running daemon's) alone.
+            box.run(["systemctl", "restart", "nordwgd-killswitch.service"])
+            assert "already exists; left as it is" in box.journal("nordwgd-killswitch.service")
+            again = box.run(["nft", "--stateless", "list", "table", "inet", "nordwgd"])
+            assert again.stdout == table.stdout
         else:
             assert table.returncode != 0
         # It ran before the network could be configured.

@@ -239,3 +239,49 @@ def test_polkit_actions() -> None:
         "allow_active": "yes",
     }
     assert set(defaults("org.nordwgd.nordwgd1.configure").values()) == {"auth_admin_keep"}
+
+
+# --- the early-boot kill switch entry, on the paths that never touch the firewall ------------
+
+
+def run_killswitch(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nordwgd.killswitch", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
+
+
+def test_killswitch_does_nothing_without_lockdown(tmp_path: Path) -> None:
+    config = tmp_path / "nordwgd.toml"
+    config.write_text("[network]\nlockdown = false\n")
+    result = run_killswitch(config)
+    assert result.returncode == 0, result.stderr
+    assert "lockdown is off; nothing blocked" in result.stderr
+
+
+def test_killswitch_reports_a_bad_config_and_blocks_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "nordwgd.toml"
+    config.write_text("[network]\nlockdown = 'sometimes'\n")
+    result = run_killswitch(config)
+    assert result.returncode == 78  # EX_CONFIG
+    assert str(config) in result.stderr
+    assert "lockdown" in result.stderr
+    assert "nothing blocked" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_killswitch_policy_is_the_error_policy() -> None:
+    from nordwgd.config import Config, NetworkConfig
+    from nordwgd.killswitch import blocking_policy
+
+    assert blocking_policy(Config()) is None
+    policy = blocking_policy(Config(network=NetworkConfig(lockdown=True)))
+    assert policy is not None
+    assert policy.blocking == "blocked"
+    assert policy.state == "error"
+    assert policy.endpoint is None
+    assert policy.tunnel_interface is None
+    assert policy.api_addresses  # the API pinhole stays so the daemon can recover
