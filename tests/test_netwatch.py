@@ -1,0 +1,159 @@
+"""The uplink watcher in a namespace of its own: real rtnetlink events, real debouncing.
+
+The watcher runs in a child process inside the watched namespace and prints one line per
+callback; closing its stdin stops it after a grace period, so every callback it made is read.
+Each burst of changes is one ``ip -batch`` run, so it reaches the kernel well within the
+debounce window.
+"""
+
+from __future__ import annotations
+
+import json
+import selectors
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from nordwgd.testing import netns as ns
+
+pytestmark = pytest.mark.root
+
+GATEWAY = "192.168.91.1"
+ADDRESS = "192.168.91.2/24"
+LINE_TIMEOUT = 30.0
+
+_WATCHER = r"""
+import asyncio, json, sys
+from nordwgd.netwatch import UplinkWatcher
+
+async def main():
+    loop = asyncio.get_running_loop()
+    watcher = UplinkWatcher(lambda reason: print(json.dumps(reason), flush=True),
+                            ignore={sys.argv[1]})
+    await watcher.start()
+    print("ready", flush=True)
+    await loop.run_in_executor(None, sys.stdin.read)
+    await asyncio.sleep(2.5)  # let a pending burst report before stopping
+    await watcher.stop()
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Watched:
+    netns: str
+    peer: str
+    process: subprocess.Popen[str]
+
+    def batch(self, *commands: str) -> None:
+        ns.run(["ip", "-n", self.netns, "-batch", "-"], input="\n".join(commands) + "\n")
+
+    def next_line(self) -> str:
+        assert self.process.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.process.stdout, selectors.EVENT_READ)
+            if not selector.select(LINE_TIMEOUT):
+                raise AssertionError("the watcher reported nothing")
+        line = self.process.stdout.readline()
+        if not line:
+            raise AssertionError(f"the watcher ended with status {self.process.wait(10)}")
+        return line.strip()
+
+    def next_change(self) -> str:
+        line = self.next_line()
+        assert line not in ("ready", "stopped"), line
+        reason: str = json.loads(line)
+        return reason
+
+    def finish(self) -> list[str]:
+        """Stop the watcher; the callbacks it still made."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        rest: list[str] = []
+        while (line := self.next_line()) != "stopped":
+            rest.append(json.loads(line))
+        return rest
+
+
+@pytest.fixture
+def watched() -> Iterator[Watched]:
+    """Namespace with an uplink ``up0`` (default route) and a tunnel-like ``wg0``, both veths
+    whose peers live in a second namespace, and the watcher running inside (ignoring wg0)."""
+    name = f"{ns.NETNS_PREFIX}-{ns.RUN_ID}-{ns.unique_name('nw', limit=15)}"
+    peer = name + "p"
+    process: subprocess.Popen[str] | None = None
+    try:
+        ns.create_netns(name)
+        ns.create_netns(peer)
+        ns.veth("up0", name, "up0p", peer)
+        ns.veth("wg0", name, "wg0p", peer)
+        ns.ip(name, "addr", "add", ADDRESS, "dev", "up0")
+        ns.ip(name, "route", "add", "default", "via", GATEWAY)
+        process = subprocess.Popen(
+            ns.exec_argv(name, ns.python_argv(_WATCHER, "wg0")),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=ns.python_env(),
+        )
+        result = Watched(name, peer, process)
+        assert result.next_line() == "ready"
+        yield result
+    finally:
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+        ns.delete_netns(name)
+        ns.delete_netns(peer)
+
+
+def test_default_route_flap_is_one_change(watched: Watched) -> None:
+    watched.batch("route del default", f"route add default via {GATEWAY}")
+    change = watched.next_change()
+    assert f"default route via {GATEWAY} removed" in change
+    assert f"default route via {GATEWAY} added" in change
+    assert watched.finish() == []
+
+
+def test_uplink_down_and_up_is_one_change(watched: Watched) -> None:
+    # The kernel drops the default route with the link; the burst puts it back.
+    watched.batch(
+        "link set up0 down", "link set up0 up", f"route replace default via {GATEWAY}"
+    )
+    change = watched.next_change()
+    assert "up0 down" in change and "up0 up" in change
+    assert watched.finish() == []
+
+
+def test_tunnel_changes_and_address_refreshes_are_ignored(watched: Watched) -> None:
+    watched.batch(
+        "link set wg0 down",
+        "link set wg0 up",
+        "addr add 10.5.0.2/32 dev wg0",
+        "route add 10.5.0.0/16 dev wg0",
+        "route add default dev wg0 table 51820",
+        "rule add not fwmark 51820 table 51820 priority 32765",
+        # A DHCP renewal: the same address with fresh lifetimes.
+        f"addr change {ADDRESS} dev up0 valid_lft 600 preferred_lft 600",
+    )
+    # An uplink change after them: if any of the above had counted, it would show up as an
+    # earlier report or inside this one.
+    watched.batch("route del default")
+    change = watched.next_change()
+    assert change == f"default route via {GATEWAY} removed"
+    watched.batch("link del wg0", "rule del priority 32765")
+    assert watched.finish() == []
+
+
+def test_a_new_uplink_address_is_a_change(watched: Watched) -> None:
+    watched.batch("addr add 192.168.92.2/24 dev up0")
+    assert watched.next_change() == "up0: address 192.168.92.2/24 added"
+    watched.batch("addr del 192.168.92.2/24 dev up0")
+    assert watched.next_change() == "up0: address 192.168.92.2/24 removed"
+    assert watched.finish() == []
