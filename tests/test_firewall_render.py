@@ -17,7 +17,7 @@ from nordwgd.errors import InvalidArgument
 from nordwgd.firewall.apply import check_listing
 from nordwgd.firewall.iptables import HOOKS, SavedState, parse_save, render_restore
 from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
-from nordwgd.firewall.render import render, tag
+from nordwgd.firewall.render import BASE_CHAINS, render, tag
 from nordwgd.model import Endpoint
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "firewall"
@@ -228,3 +228,14 @@ def test_iptables_open_unhooks_only_what_exists() -> None:
     assert "-X NORDWGD-FORWARD" in script
     nothing = SavedState(frozenset(), frozenset(), "")
     assert render_restore(CASES["disconnected-open"], 4, nothing) == ""
+
+
+def test_check_listing_accepts_the_marker_set_of_a_terse_listing() -> None:
+    policy = CASES["connected"]
+    listing: list[dict[str, Any]] = [
+        {"set": {"name": "marker", "table": "nordwgd", "comment": tag(policy)}},
+        *({"chain": {"name": name, "hook": name, "policy": "drop"}} for name in BASE_CHAINS),
+    ]
+    assert check_listing(policy, listing) is None
+    assert "marker" in (check_listing(CASES["connecting"], listing) or "")
+    assert "output is missing" in (check_listing(policy, [listing[0], listing[1]]) or "")

@@ -23,7 +23,10 @@ log = logging.getLogger(__name__)
 
 BackendName = Literal["auto", "nftables", "iptables"]
 _OPEN = FirewallPolicy(state="disconnected", block=False)
-_LIST_TABLE = f"list table {TABLE_FAMILY} {TABLE_NAME}"
+# Chains and sets only: cheap even with thousands of set elements (a terse listing skips them).
+# (nft 1.0.6 lists chains per family only; the sets listing fails when our table is absent.)
+_LIST_TABLE = (f"list sets table {TABLE_FAMILY} {TABLE_NAME}", f"list chains {TABLE_FAMILY}")
+MARKER_SET = "marker"
 
 
 class _Engine(Protocol):
@@ -54,9 +57,10 @@ class _Nft:
         self.in_process = in_process
 
     async def cmd(self, script: str, *, json_output: bool = False) -> tuple[int, str, str]:
+        """Run ``script``; JSON listings are terse (sets without their elements)."""
         if self.in_process:
             return await asyncio.to_thread(_libnftables_cmd, script, json_output)
-        return await _run(["nft", *(["-j"] if json_output else []), "-f", "-"], script)
+        return await _run(["nft", *(["-j", "-t"] if json_output else []), "-f", "-"], script)
 
 
 def _libnftables_cmd(script: str, json_output: bool) -> tuple[int, str, str]:
@@ -64,6 +68,9 @@ def _libnftables_cmd(script: str, json_output: bool) -> tuple[int, str, str]:
 
     context = nftables.Nftables()
     context.set_json_output(json_output)
+    # The verification reads chains, hooks and rule markers; listing thousands of set
+    # elements would cost as much as the transaction itself.
+    context.set_terse_output(json_output)
     rc, out, err = context.cmd(script)
     return int(rc), str(out), str(err)
 
@@ -94,15 +101,26 @@ class _NftablesEngine:
         return await self._table() is not None
 
     async def _table(self) -> list[dict[str, Any]] | None:
-        rc, out, err = await self._nft.cmd(_LIST_TABLE, json_output=True)
-        if rc != 0:
-            if "No such file or directory" in err:
-                return None
-            raise FirewallFailed(f"cannot list the nordwgd table: {err.strip()}")
-        try:
-            objects: list[dict[str, Any]] = json.loads(out)["nftables"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise FirewallFailed(f"cannot read the nordwgd table listing: {error}") from error
+        objects: list[dict[str, Any]] = []
+        for command in _LIST_TABLE:
+            rc, out, err = await self._nft.cmd(command, json_output=True)
+            if rc != 0:
+                if "No such file or directory" in err:
+                    return None
+                raise FirewallFailed(f"cannot list the nordwgd table: {err.strip()}")
+            try:
+                listed: list[dict[str, Any]] = json.loads(out)["nftables"]
+            except (ValueError, KeyError, TypeError) as error:
+                raise FirewallFailed(f"cannot read the nordwgd table listing: {error}") from error
+            objects += [
+                item
+                for item in listed
+                if isinstance(item, dict)
+                and any(
+                    isinstance(value, dict) and value.get("table") == TABLE_NAME
+                    for value in item.values()
+                )
+            ]
         return objects
 
     async def _check(self, policy: FirewallPolicy) -> str | None:
@@ -115,17 +133,27 @@ class _NftablesEngine:
 
 
 def check_listing(policy: FirewallPolicy, objects: list[dict[str, Any]]) -> str | None:
-    """None when the JSON listing of our table enforces ``policy``, else what is wrong."""
+    """None when the JSON listing of our table enforces ``policy``, else what is wrong.
+
+    The policy marker proves that the transaction of this very policy is in force: it is the
+    comment of the marker set in a chains-and-sets listing, or in a full listing also the
+    comment of a rule in every base chain.
+    """
     marker = tag(policy)
     chains = {o["chain"]["name"]: o["chain"] for o in objects if "chain" in o}
     marked = {o["rule"]["chain"] for o in objects if o.get("rule", {}).get("comment") == marker}
+    marker_set = any(
+        o["set"].get("name") == MARKER_SET and o["set"].get("comment") == marker
+        for o in objects
+        if "set" in o
+    )
     for name in BASE_CHAINS:
         chain = chains.get(name)
         if chain is None:
             return f"chain {name} is missing"
         if chain.get("policy") != "drop" or chain.get("hook") != name:
             return f"chain {name} does not drop by default on hook {name}"
-        if name not in marked:
+        if not marker_set and name not in marked:
             return f"chain {name} does not carry the policy marker {marker!r}"
     return None
 
