@@ -56,7 +56,8 @@ def check_string(value: str, what: str) -> str:
 def string_options(
     options: Mapping[str, Variant], allowed: frozenset[str], what: str
 ) -> dict[str, str]:
-    """The ``a{sv}`` ``options`` as plain strings; unknown keys or non-string values are refused."""
+    """The ``a{sv}`` ``options`` as plain strings; unknown keys, non-string or empty values are
+    refused."""
     result: dict[str, str] = {}
     for key, variant in options.items():
         if key not in allowed:
@@ -66,7 +67,12 @@ def string_options(
             raise InvalidArgument(
                 f"{what}: {key!r} must be a string (D-Bus type s), not {variant.signature!r}"
             )
-        result[key] = check_string(variant.value, f"{what}: {key!r}")
+        value = check_string(variant.value, f"{what}: {key!r}")
+        if not value.strip():
+            # An empty dictionary asks for the configured default; an empty value is a
+            # caller's mistake (say, an empty text field) that must not connect anywhere.
+            raise InvalidArgument(f"{what}: {key!r} is empty (leave the key out instead)")
+        result[key] = value
     return result
 
 
