@@ -325,9 +325,7 @@ def boot_container(
             "--console=read-only",
             "systemd.unit=multi-user.target",
         ]
-        script = _prepare_script(
-            base, staging, install, python, masks, enable, nspawn_argv
-        )
+        script = _prepare_script(base, staging, install, python, masks, enable, nspawn_argv)
         nspawn = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL,
