@@ -7,6 +7,10 @@ state need no entry: they vanish with the link), so a process killed at any poin
 from which ``recover`` in a new process undoes exactly what was done. A failing step undoes the
 steps before it and raises the typed error of that step. ``down`` undoes everything in reverse
 order. The firewall is not touched here.
+
+In namespace mode (``network.mode = "namespace"``) the link is moved into its own network
+namespace after the peer is set, and address, route and DNS are made there instead of on the
+host (see ``nordwgd.netns_mode``); the host's routes, rules and DNS stay as they are.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute, NetlinkError
 
-from nordwgd import dns, routing
+from nordwgd import dns, netns_mode, routing
 from nordwgd.config import Config
 from nordwgd.errors import DnsFailed, NordwgdError, RoutingFailed, TunnelFailed
 from nordwgd.model import TunnelParams
@@ -98,7 +102,7 @@ class Connection:
             await self._configure_peer(self.interface, params)
             if params.dns != self._params.dns:
                 for step in reversed(list(self._journal.steps)):
-                    if step["step"] == "dns":
+                    if step["step"] in ("dns", netns_mode.DNS_STEP):
                         await self._undo_step(self._journal, step)
                 await self._apply_dns(params)
             self._params = params
@@ -131,12 +135,26 @@ class Connection:
         network = self._config.network
         ifname = network.interface
         self._configured_at = time.time()
+        in_namespace = network.mode == "namespace"
+        if in_namespace:
+            await self._step(TunnelFailed, f"cannot make the namespace {network.namespace}",
+                             netns_mode.create(self._journal, network.namespace))
         await self._record({"step": "link", "ifname": ifname, "backend": self._backend.kind})
         log.info("[#] create WireGuard interface %s (%s)", ifname, self._backend.kind)
         self.interface = ifname
         self.ifindex = await self._step(TunnelFailed, f"cannot create {ifname}",
                                         self._backend.create(ifname))
         await self._configure_peer(ifname, params)
+        if in_namespace:
+            await self._step(TunnelFailed, f"cannot move {ifname} into {network.namespace}",
+                             netns_mode.adopt_link(self._journal, network.namespace, ifname,
+                                                   params, mtu=TUNNEL_MTU))
+            await self._apply_dns(params)
+            self._params = params
+            self.is_up = True
+            log.info("tunnel %s is up to %s in namespace %s", ifname, params.endpoint,
+                     network.namespace)
+            return
         log.info("[#] ip address add %s dev %s; ip link set %s mtu %d up",
                  params.address, ifname, ifname, TUNNEL_MTU)
         await self._step(TunnelFailed, f"cannot set the address of {ifname}",
@@ -158,6 +176,11 @@ class Connection:
     async def _apply_dns(self, params: TunnelParams) -> None:
         assert self.interface is not None and self.ifindex is not None
         if not params.dns:
+            return
+        if self._config.network.mode == "namespace":
+            namespace = self._config.network.namespace
+            await self._step(DnsFailed, f"cannot set the DNS of namespace {namespace}",
+                             netns_mode.write_dns(self._journal, namespace, params.dns))
             return
         if self._dns_mode is None:
             self._dns_mode = await dns.detect_mode()
@@ -194,6 +217,8 @@ class Connection:
         if await self._backend.exists(network.interface):
             log.info("[#] remove leftover interface %s", network.interface)
             await self._backend.destroy(network.interface)
+        if network.mode == "namespace":
+            await netns_mode.cleanup_by_name(network.namespace)
 
     async def _undo_all(self, journal: Journal, *, raise_errors: bool) -> None:
         """Undo steps newest first; keep going past failures, which stay recorded."""
@@ -220,6 +245,8 @@ class Connection:
             await routing.undo(step)
         elif kind == "dns":
             await dns.undo(step)
+        elif kind in netns_mode.NETNS_STEPS:
+            await netns_mode.undo(step)
         else:
             log.warning("ignoring an unknown recorded step %r", kind)
         await asyncio.to_thread(journal.forget, step)
