@@ -93,6 +93,10 @@ class SystemEngine:
         self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
     ) -> FirewallPolicy:
         network = self._config.network
+        if network.mode == "namespace" and not lockdown:
+            # Only the namespace uses the tunnel, and it has no other way out: the host's own
+            # traffic is left alone unless lockdown asks to block it (docs/security.md).
+            return FirewallPolicy(state=state.value, block=False)
         try:
             return policy_for_state(
                 state.value,
