@@ -7,6 +7,8 @@ While up (for IPv4, and for IPv6 only when the tunnel carries it)::
     32764: lookup main suppress_prefixlength 0    main wins except for its default route
     32765: not fwmark <fwmark> lookup <table>     everything else unmarked goes to the tunnel
     net.ipv4.conf.all.src_valid_mark = 1          so reverse-path checks see the fwmark
+    net.ipv4.conf.all.arp_ignore = 1              ARP answered only for the receiving link's
+                                                  addresses: the tunnel address stays hidden
     net.ipv4.ip_forward = 1                       gateway mode only (IPv6 forwarding too when
                                                   the tunnel carries IPv6 and forward_from has it)
 
@@ -49,6 +51,7 @@ PRIORITY_SUPPRESS = 32764
 PRIORITY_TUNNEL = 32765
 MAIN_TABLE = 254
 SRC_VALID_MARK = "net/ipv4/conf/all/src_valid_mark"
+ARP_IGNORE = "net/ipv4/conf/all/arp_ignore"
 IPV4_FORWARD = "net/ipv4/ip_forward"
 IPV6_FORWARD = "net/ipv6/conf/all/forwarding"
 ROUTING_STEPS = frozenset({"route", "rule", "sysctl"})
@@ -89,8 +92,19 @@ def _route(family: int, table: int, dst: str, kind: str, ifname: str | None) -> 
 
 async def apply(journal: Journal, network: NetworkConfig, ifname: str, *, ipv6: bool) -> None:
     """Route everything unmarked through ``ifname``; raises RoutingFailed (steps stay recorded)."""
-    steps = plan(network, ifname, ipv6=ipv6)
+    steps = [*plan(network, ifname, ipv6=ipv6), *hide_tunnel_address()]
     await asyncio.to_thread(_apply_steps, journal, steps)
+
+
+def hide_tunnel_address() -> list[Step]:
+    """Steps that keep the LAN from learning the tunnel address.
+
+    By default Linux answers ARP on any link for any local address, so a LAN host asking for
+    10.5.0.2 (the address of every NordLynx client) would learn that this host uses the VPN.
+    ``arp_ignore = 1`` answers only for addresses of the link the request came in on; the
+    kernel takes the larger of the ``all`` and per-link values, so ``all`` covers every uplink.
+    """
+    return [{"step": "sysctl", "key": ARP_IGNORE, "value": "1"}]
 
 
 async def undo(step: Step) -> None:
@@ -102,8 +116,8 @@ async def cleanup_by_name(network: NetworkConfig) -> None:
     """Remove what a full tunnel with this config would have added, without a record.
 
     Used when the record is unreadable: rules at our priorities that point at our table (or the
-    suppressing main rule), and every route in our table. The sysctl is left as it is, since its
-    old value is unknown.
+    suppressing main rule), and every route in our table. The sysctls are left as they are, since
+    their old values are unknown.
     """
     await asyncio.to_thread(_cleanup_by_name, network)
 
@@ -113,8 +127,8 @@ def _apply_steps(journal: Journal, steps: Sequence[Step]) -> None:
         for step in steps:
             if step["step"] == "sysctl":
                 old = read_sysctl(step["key"])
-                if old == step["value"]:
-                    continue
+                if old == step["value"] or (step["key"] == ARP_IGNORE and old != "0"):
+                    continue  # already set, or (arp_ignore) already at least as strict
                 recorded = {"step": "sysctl", "key": step["key"], "old": old}
                 journal.record(recorded)
                 log.info("[#] sysctl %s=%s (was %s)", step["key"], step["value"], old)
@@ -273,6 +287,7 @@ def _write_sysctl_or_fail(key: str, value: str) -> None:
 
 
 __all__ = [
+    "ARP_IGNORE",
     "IPV4_FORWARD",
     "IPV6_FORWARD",
     "PRIORITY_SUPPRESS",
@@ -281,6 +296,7 @@ __all__ = [
     "apply",
     "cleanup_by_name",
     "describe",
+    "hide_tunnel_address",
     "plan",
     "read_sysctl",
     "undo",
