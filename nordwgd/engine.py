@@ -77,7 +77,13 @@ class SystemEngine:
 
     async def _get_connection(self) -> Connection:
         if self._connection is None:
-            backend = await asyncio.to_thread(open_backend, self._config.network.backend)
+            network = self._config.network
+            kind = network.backend
+            if network.mode == "namespace" and kind == "auto":
+                # The kernel backend reads its statistics in this namespace, which the link
+                # leaves in namespace mode; wireguard-go's control socket stays reachable.
+                kind = "userspace"
+            backend = await asyncio.to_thread(open_backend, kind)
             self._connection = Connection(self._config, backend, self._config.paths.runtime_dir)
         return self._connection
 
