@@ -143,7 +143,7 @@ def namespace_daemon(world: World, private_bus: PrivateBus, vpn_ns: str,
           tmp_path: Path) -> Iterator[tuple[World, PrivateBus, Daemon, str]]:
     config = world.write_config(
         tmp_path / "nordwgd.toml",
-        network={"mode": "namespace", "namespace": vpn_ns, "backend": "userspace"},
+        network={"mode": "namespace", "namespace": vpn_ns},
     )
     daemon = Daemon(private_bus, world, config, tmp_path / "daemon.log")
     try:
