@@ -74,6 +74,7 @@ class Output:
         self.stream = stream
         self.color = color
         self.step_number = 0
+        self.closed = False
         utf8 = (getattr(stream, "encoding", "") or "").lower().replace("-", "") == "utf8"
         self.tick = "✔" if utf8 else "OK"
         self.cross = "✘" if utf8 else "FAILED"
@@ -82,8 +83,15 @@ class Output:
         return f"\033[{code}m{text}\033[0m" if self.color else text
 
     def line(self, text: str = "") -> None:
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        if self.closed:
+            return
+        try:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            # The terminal went away (SIGHUP) or a pager quit: keep going quietly, so that
+            # the teardown still runs to the end.
+            self.closed = True
 
     def title(self, text: str) -> None:
         self.line(self._paint(text, "1"))
@@ -94,7 +102,10 @@ class Output:
         self.line(self._paint(f"Step {self.step_number}. {text}", "1;34"))
 
     def say(self, text: str) -> None:
-        self.line(self._paint(text, "2") if self.color else text)
+        self.line(text)
+
+    def note(self, text: str) -> None:
+        self.line(self._paint(text, "2"))
 
     def command(self, text: str) -> None:
         self.line(self._paint(f"$ {text}", "1;36"))
@@ -160,7 +171,7 @@ class Shell:
             self.out.command(shown)
         text = self._stream([self.expand(word) for word in argv], timeout, quiet, clip)
         if not quiet and text.code != 0:
-            self.out.say(f"(exit status {text.code})")
+            self.out.note(f"(exit status {text.code})")
         if expect is True and text.code != 0:
             raise DemoFailed(f"`{shown}` failed with exit status {text.code}")
         if expect is False and text.code == 0:
@@ -351,7 +362,9 @@ class Demo:
             "A dbus-daemon of type 'system' just for this demo (nordwgd's bus policy"
             " and polkit apply as on a real system bus)."
         )
-        self.out.command("dbus-daemon --config-file=$DEMO/bus/bus.conf --nofork &")
+        self.out.command(
+            "dbus-daemon --config-file=$DEMO/bus/bus.conf --nofork --nopidfile --print-address=1 &"
+        )
         self.bus = start_bus(self.directory / "bus", own_session=True)
         self.shell.define("BUS", self.bus.address)
         self.out.ok(f"listening: BUS={self.bus.address}")
@@ -417,6 +430,11 @@ class Demo:
             timeout=CONNECT_TIMEOUT + 10,
         )
         self.shell.run(self.nordwgctl("status"))
+        self.out.say("What the daemon did, from its log (like wg-quick, it logs each change):")
+        self.shell.run(
+            ["grep", "-E", r"state: |\[#\]|policy applied|attempt", "$DEMO/nordwgd.log"],
+            expect=None,
+        )
         state = self.status().get("State")
         self.check(state == "connected", "connected", f"the daemon is {state}, not connected")
         if state != "connected":
