@@ -293,6 +293,19 @@ class Machine:
         if self._health is not None:
             self._health.trigger()
 
+    def retry_now(self) -> bool:
+        """In error with a retry scheduled (a transient cause), retry at once; False if not.
+
+        For when the network that was missing may be back (the uplink changed, the machine
+        resumed): the backoff starts over too, since the failure it grew from may be gone.
+        """
+        scheduled = self._scheduled
+        if self.state != State.ERROR or scheduled is None or scheduled[1].kind != "retry":
+            return False
+        self._retry_streak = 0
+        self.submit(_Command("retry"))
+        return True
+
     async def statistics(self) -> PeerStats:
         stats = await self._engine.statistics()
         self._record_stats(stats)
