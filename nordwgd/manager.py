@@ -16,6 +16,7 @@ an established tunnel up until Disconnect; the next connect or renew then needs 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -138,6 +139,8 @@ class Manager:
         self._planner: Planner | None = None
         self._machine: Machine | None = None
         self._subscribers: list[Callable[[dict[str, object]], None]] = []
+        self._triggered_check: asyncio.Task[None] | None = None
+        self._triggered_checks = 0
         settings = Settings(config.network.lockdown, config.network.allow_lan)
         self._initial: dict[str, object] = {
             "State": State.DISCONNECTED.value,
@@ -204,6 +207,10 @@ class Manager:
 
     async def stop(self, *, keep_blocking: bool) -> None:
         """Stop; with ``keep_blocking`` the tunnel and table stay for the next process."""
+        if self._triggered_check is not None:
+            self._triggered_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._triggered_check
         if self._machine is not None:
             await self._machine.stop(keep_blocking=keep_blocking)
         if not keep_blocking:
@@ -272,10 +279,39 @@ class Manager:
         machine, _ = self._running()
         return await machine.check_health()
 
-    def trigger_health_check(self) -> None:
-        """Check the tunnel soon (call on uplink changes and resume from sleep)."""
-        if self._machine is not None:
-            self._machine.trigger_health_check()
+    def trigger_health_check(self, reason: str = "requested") -> None:
+        """React to an uplink change or a resume from sleep (``reason`` says which).
+
+        Connected: check the tunnel now (it counts toward the failover like any check). In
+        error with a transient cause: retry now rather than at the end of the backoff.
+        Disconnected, or while a connect is under way (it has its own timeouts): nothing.
+        """
+        machine = self._machine
+        if machine is None:
+            return
+        state = machine.state
+        if state == State.CONNECTED:
+            if self._triggered_check is None or self._triggered_check.done():
+                self._triggered_check = asyncio.get_running_loop().create_task(
+                    self._check_after(reason), name="nordwgd-triggered-check"
+                )
+        elif state == State.ERROR and machine.retry_now():
+            log.info("%s: retrying now", reason)
+        else:
+            log.debug("%s: nothing to check (%s)", reason, state.value)
+
+    async def _check_after(self, reason: str) -> None:
+        log.info("%s: checking the tunnel", reason)
+        try:
+            healthy, details = await self.check_health()
+        except NordwgdError as error:
+            log.warning("health check after %s failed: %s", reason, error)
+            return
+        self._triggered_checks += 1
+        if healthy:
+            log.info("health check after %s: healthy", reason)
+        else:
+            log.warning("health check after %s: unhealthy (%s)", reason, details.get("reason"))
 
     async def _require_token(self) -> None:
         if await asyncio.to_thread(load_token, self._config) is None:
@@ -354,6 +390,8 @@ class Manager:
             "rx_bytes": props["RxBytes"],
             "tx_bytes": props["TxBytes"],
             "connected_since": props["ConnectedSince"],
+            # Checks run because the uplink changed or the machine resumed.
+            "triggered_checks": self._triggered_checks,
         }
 
     async def diagnose(self, mode: str, /) -> dict[str, object]:
