@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -22,8 +22,10 @@ from nordwgd import __version__, systemd
 from nordwgd.bus import BUS_NAME, OBJECT_PATH
 from nordwgd.bus.polkit import Authorizer
 from nordwgd.bus.service import ManagerFacade, ServiceBus, export_manager
+from nordwgd.bus.sleep import SleepWatcher
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, NordwgdError
+from nordwgd.netwatch import UplinkWatcher
 
 logger = logging.getLogger("nordwgd.daemon")
 
@@ -73,6 +75,7 @@ def keep_blocking_on_stop(properties: dict[str, object]) -> bool:
 class DaemonManager(ManagerFacade, Protocol):
     async def start(self) -> None: ...
     async def stop(self, *, keep_blocking: bool) -> None: ...
+    def trigger_health_check(self, reason: str = ...) -> None: ...
 
 
 def create_manager(config: Config) -> DaemonManager:
@@ -107,6 +110,34 @@ async def _connect_bus() -> ServiceBus:
     return bus
 
 
+async def watch_network(
+    bus: ServiceBus, manager: DaemonManager, config: Config
+) -> list[Callable[[], Awaitable[None]]]:
+    """Check the tunnel when the uplink changes or the machine resumes; returns the stoppers.
+
+    Neither watch is essential: one that cannot start is logged, and the periodic health
+    check still runs.
+    """
+    stoppers: list[Callable[[], Awaitable[None]]] = []
+    uplink = UplinkWatcher(
+        lambda reason: manager.trigger_health_check(f"uplink changed ({reason})"),
+        ignore={config.network.interface},
+    )
+    try:
+        await uplink.start()
+    except OSError as error:
+        logger.warning("not watching the uplink: %s", error)
+    else:
+        stoppers.append(uplink.stop)
+    sleep = SleepWatcher(bus, lambda: manager.trigger_health_check("resumed from sleep"))
+    try:
+        if await sleep.start():
+            stoppers.append(sleep.stop)
+    except (DBusError, OSError, EOFError) as error:
+        logger.warning("not watching for resume from sleep: %s", error)
+    return stoppers
+
+
 async def run(config: Config) -> int:
     """Serve until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1)."""
     loop = asyncio.get_running_loop()
@@ -128,6 +159,7 @@ async def run(config: Config) -> int:
             raise StartupError(f"cannot own the bus name {BUS_NAME} ({reply.name})")
         watchdog = systemd.Watchdog(lambda: bus.connected)
         watchdog.start()
+        stop_watching = await watch_network(bus, manager, config)
         state = manager.properties().get("State", "")
         systemd.ready(f"{state}; serving {BUS_NAME} at {OBJECT_PATH}")
         logger.info("nordwgd %s ready on %s", __version__, BUS_NAME)
@@ -144,6 +176,9 @@ async def run(config: Config) -> int:
         systemd.stopping("stopping; kill switch " + ("kept" if keep_blocking else "removed"))
         logger.info("stopping (keep_blocking=%s)", keep_blocking)
         await watchdog.stop()
+        for stop in stop_watching:
+            with contextlib.suppress(DBusError, OSError, EOFError):
+                await stop()
         await manager.stop(keep_blocking=keep_blocking)
         if bus.connected:
             with contextlib.suppress(DBusError, OSError, EOFError):
