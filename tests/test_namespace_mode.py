@@ -186,6 +186,21 @@ def test_namespace_is_the_only_way_through_the_tunnel(
     assert props["Blocking"] == "open"
     assert "table inet nordwgd" not in world.host_exec(["nft", "list", "tables"]).stdout
 
+    # Lockdown blocks the host itself; the namespace keeps its tunnel (the marked WireGuard
+    # traffic passes the endpoint pinhole) and nothing leaks.
+    world.leak_monitor.reset()
+    call(bus, "SetLockdown", "b", True)
+    try:
+        assert properties(bus)["Blocking"] == "blocked"
+        with pytest.raises(RuntimeError):
+            world.http_get_from_host(timeout=2)
+        seen = in_namespace(vpn_ns, ["curl", "-sS", "--max-time", "5", web]).stdout.strip()
+        assert seen == station
+    finally:
+        call(bus, "SetLockdown", "b", False)
+    assert properties(bus)["Blocking"] == "open"
+    assert world.leak_monitor.count() == 0, world.leak_monitor.leaks()
+
     # A dead tunnel: the namespace reaches nothing, and nothing from it takes the uplink.
     world.leak_monitor.reset()
     world.silence_server(str(props["Server"]["hostname"]))  # type: ignore[index]
