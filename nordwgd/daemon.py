@@ -34,6 +34,8 @@ EX_FAILURE = 1
 EX_USAGE = 2
 EX_CONFIG = 78  # sysexits.h EX_CONFIG: systemd shows it as "CONFIG" and does not loop on it
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# A local root-only command, not a daemon method: its output holds the private key.
+EXPORT_COMMAND = "export-config"
 
 
 class StartupError(Exception):
@@ -44,6 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nordwgd",
         description="NordVPN NordLynx (WireGuard) daemon with a kill-switch firewall.",
+        epilog=f"'nordwgd {EXPORT_COMMAND} --help': write a wg-quick file for a server (root).",
     )
     parser.add_argument(
         "--config",
@@ -190,7 +193,12 @@ async def run(config: Config) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == [EXPORT_COMMAND]:
+        from nordwgd import export
+
+        return export.main(arguments[1:])
+    args = parse_args(arguments)
     try:
         config = load_config(args.config)
     except ConfigError as error:
