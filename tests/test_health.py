@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -28,9 +28,11 @@ class Prober:
     def __init__(self) -> None:
         self.answer: str | None = None
         self.calls: list[str] = []
+        self.timeouts: list[float] = []
 
     async def __call__(self, url: str, seconds: float) -> str | None:
         self.calls.append(url)
+        self.timeouts.append(seconds)
         return self.answer
 
 
@@ -132,20 +134,74 @@ async def test_trigger_probes_at_once() -> None:
         await health.stop()
 
 
-async def test_sending_without_receiving_brings_the_probe_forward() -> None:
+class SendingPeer(Peer):
+    """Every look shows more bytes sent and none received: a silent peer under traffic."""
+
+    async def __call__(self) -> PeerStats:
+        self.stats = replace(self.stats, tx_bytes=self.stats.tx_bytes + 148)
+        return self.stats
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_sending_without_answers_asks_the_probe_urls_briefly() -> None:
+    prober = Prober()  # the URL answers: a one-way flow through a live tunnel
+    failures: list[str] = []
+    health = monitor(BASE, SendingPeer(), prober, failures, tick=0.01)
+    health.start()
+    try:
+        await _wait_for(lambda: bool(prober.calls))
+        assert prober.calls
+        assert prober.timeouts[0] <= 1.0  # a short chance, not the full probe timeout
+        assert failures == []
+    finally:
+        await health.stop()
+
+
+async def test_silent_peer_under_traffic_fails_at_once() -> None:
+    prober = Prober()
+    prober.answer = "ConnectTimeout"
+    failures: list[str] = []
+    config = replace(BASE, attempts=100)  # not waiting for many failed checks
+    health = monitor(config, SendingPeer(), prober, failures, tick=0.01)
+    health.start()
+    try:
+        await _wait_for(lambda: bool(failures))
+        assert failures and "nothing received" in failures[0]
+        assert len(prober.calls) == 1
+    finally:
+        await health.stop()
+
+
+async def test_silent_peer_without_urls_fails_on_the_counters_alone() -> None:
+    failures: list[str] = []
+    config = replace(BASE, urls=(), attempts=100)
+    health = monitor(config, SendingPeer(), Prober(), failures, tick=0.01)
+    health.start()
+    try:
+        await _wait_for(lambda: bool(failures))
+        assert failures and "nothing received" in failures[0]
+    finally:
+        await health.stop()
+
+
+async def test_a_lone_keepalive_is_not_a_stall() -> None:
     peer = Peer()
     prober = Prober()
-    health = monitor(BASE, peer, prober, [], tick=0.01)
+    failures: list[str] = []
+    health = monitor(replace(BASE, attempts=1), peer, prober, failures, tick=0.01)
     health.start()
     try:
         await asyncio.sleep(0.05)
-        assert prober.calls == []  # counters unchanged: no reason to probe before the interval
-        peer.stats = PeerStats(NOW - 10, 1000, 5000)  # sent 4000 bytes, received nothing
-        for _ in range(100):
-            if prober.calls:
-                break
-            await asyncio.sleep(0.01)
-        assert prober.calls
+        peer.stats = replace(peer.stats, tx_bytes=peer.stats.tx_bytes + 32)  # one keepalive
+        await asyncio.sleep(0.2)
+        assert prober.calls == []
+        assert failures == []
     finally:
         await health.stop()
 
