@@ -145,7 +145,7 @@ class Daemon:
 
     def log_tail(self) -> str:
         try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-200:])
         except OSError:
             return "(no log)"
 

@@ -8,6 +8,7 @@ Each run uses a fresh daemon: the machine spaces health failovers at least 60 s 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import tempfile
 import time
@@ -17,6 +18,8 @@ from bench import Client, Daemon, median, ms, private_bus, wait_for_name
 from nordwgd.testing.world import World
 
 TIMEOUT = 120.0
+# Longer than the health monitor's idle tick (5 s): it has seen the traffic start.
+SETTLE = 7.0
 
 
 async def _once(world: World, address: str) -> tuple[float, str, str]:
@@ -32,7 +35,7 @@ async def _once(world: World, address: str) -> tuple[float, str, str]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        await asyncio.sleep(2.0)  # traffic is flowing and the monitor has seen it
+        await asyncio.sleep(SETTLE)  # traffic flows and the monitor follows it closely
         client.changes.clear()
         start = time.perf_counter()
         world.silence_server(silenced)
@@ -71,6 +74,8 @@ def run(runs: int = 3) -> dict[str, object]:
                         asyncio.run(wait_for_name(address))
                         elapsed, _, _ = asyncio.run(_once(world, address))
                         times.append(elapsed)
+                        if os.environ.get("BENCH_VERBOSE"):
+                            print(daemon.log_tail())
                     except BaseException:
                         print(daemon.log_tail())
                         raise
