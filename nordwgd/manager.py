@@ -9,6 +9,9 @@ machine), checks requests before they are accepted, and keeps two small files:
   (or was restarted with the kill switch kept) finds it at ``start()`` and connects again,
   blocking in between. It is removed by Disconnect and by a stop that opens the firewall.
 
+Both fail closed: a file that exists but cannot be read means Lockdown (settings) or a wanted
+tunnel to the default location (target), never an open firewall.
+
 Logout deletes the stored token but, like NetworkManager removing a connection's secrets, leaves
 an established tunnel up until Disconnect; the next connect or renew then needs a token again.
 """
@@ -49,8 +52,16 @@ class Settings:
     allow_lan: bool
 
 
+UNKNOWN_SETTINGS = Settings(lockdown=True, allow_lan=False)
+
+
 def load_settings(config: Config) -> Settings:
-    """The saved choices, else the config's defaults; an unreadable file is ignored (logged)."""
+    """The saved choices, else the config's defaults.
+
+    A file that exists but cannot be read fails closed: the choice it held is unknown, and it
+    may have been Lockdown, so this start blocks (Lockdown on, AllowLan off) until the user
+    sets them again, which rewrites the file.
+    """
     default = Settings(config.network.lockdown, config.network.allow_lan)
     path = config.paths.state_dir / SETTINGS_FILE
     try:
@@ -58,15 +69,16 @@ def load_settings(config: Config) -> Settings:
     except FileNotFoundError:
         return default
     except (OSError, ValueError) as error:
-        log.warning("%s: ignored (%s)", path, error)
-        return default
+        log.warning("%s: unreadable (%s); blocking until the settings are set again", path, error)
+        return UNKNOWN_SETTINGS
     if not isinstance(data, dict):
-        log.warning("%s: ignored (not a JSON object)", path)
-        return default
-    lockdown, allow_lan = data.get("lockdown"), data.get("allow_lan")
+        log.warning("%s: not a JSON object; blocking until the settings are set again", path)
+        return UNKNOWN_SETTINGS
+    lockdown = data.get("lockdown", default.lockdown)
+    allow_lan = data.get("allow_lan", default.allow_lan)
     return Settings(
-        lockdown if isinstance(lockdown, bool) else default.lockdown,
-        allow_lan if isinstance(allow_lan, bool) else default.allow_lan,
+        lockdown if isinstance(lockdown, bool) else UNKNOWN_SETTINGS.lockdown,
+        allow_lan if isinstance(allow_lan, bool) else UNKNOWN_SETTINGS.allow_lan,
     )
 
 
@@ -93,21 +105,26 @@ def save_settings(config: Config, settings: Settings) -> None:
 
 
 def read_target(config: Config) -> dict[str, str] | None:
-    """The Connect options recorded by a process that wanted a tunnel, or None."""
+    """The Connect options recorded by a process that wanted a tunnel, or None.
+
+    An unreadable record gives the empty options (the configured default location).
+    """
     path = config.paths.runtime_dir / TARGET_FILE
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        log.warning("%s: ignored (%s)", path, error)
-        return None
+        # The record exists only while a tunnel is wanted: keep blocking and connect to the
+        # configured default rather than open the firewall.
+        log.warning("%s: unreadable (%s); connecting to the default location", path, error)
+        return {}
     options = data.get("options") if isinstance(data, dict) else None
     if not isinstance(options, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in options.items()
     ):
-        log.warning("%s: ignored (no options object)", path)
-        return None
+        log.warning("%s: no options object; connecting to the default location", path)
+        return {}
     return dict(options)
 
 
