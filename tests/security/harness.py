@@ -121,7 +121,8 @@ class BusClient:
         (values,) = self.call(
             "GetAll", "s", [INTERFACE_NAME], interface="org.freedesktop.DBus.Properties"
         )
-        result: dict[str, Any] = plain(values)
+        result = plain(values)
+        assert isinstance(result, dict)
         return result
 
     def call_many(
@@ -392,11 +393,56 @@ def table_drops_by_default(objects: list[dict[str, Any]] | None) -> bool:
 
 
 def table_comment(objects: list[dict[str, Any]] | None) -> str:
-    """The policy marker the daemon writes into the table ("nordwgd <state> <digest>")."""
+    """The policy marker the daemon writes into its rules ("nordwgd <state> <digest>")."""
     for item in objects or []:
-        if "table" in item:
-            return str(item["table"].get("comment", ""))
+        for kind in ("table", "rule"):
+            comment = item.get(kind, {}).get("comment", "")
+            if comment:
+                return str(comment)
     return ""
+
+
+_TABLE_SAMPLER = r"""
+import json, select, sys
+import nftables
+
+nft = nftables.Nftables()
+nft.set_json_output(True)
+total, bad = 0, []
+while not select.select([sys.stdin], [], [], 0)[0]:
+    rc, out, err = nft.cmd("list table inet nordwgd")
+    total += 1
+    if rc != 0:
+        bad.append("no table: " + err.strip()[:120])
+        continue
+    objects = json.loads(out)["nftables"]
+    chains = {o["chain"]["name"]: o["chain"] for o in objects if "chain" in o}
+    policies = [chains.get(name, {}).get("policy") for name in ("input", "output", "forward")]
+    if policies != ["drop", "drop", "drop"]:
+        bad.append("chain policies " + repr(policies))
+print(json.dumps({"samples": total, "bad": len(bad), "examples": bad[:5]}))
+"""
+
+
+class TableSampler:
+    """Lists ``inet nordwgd`` in the host namespace as fast as it can, in one process, until
+    ``stop()``; then reports how many listings there were and how many were not whole."""
+
+    def __init__(self, world: World) -> None:
+        self._process = world.host_popen(
+            [sys.executable, "-c", _TABLE_SAMPLER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def stop(self) -> dict[str, Any]:
+        out, err = self._process.communicate("stop\n", timeout=60)
+        if self._process.returncode != 0:
+            raise RuntimeError(f"table sampler failed: {err.strip()}")
+        report: dict[str, Any] = json.loads(out)
+        return report
 
 
 # The stack --------------------------------------------------------------------------------------

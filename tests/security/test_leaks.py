@@ -184,8 +184,9 @@ def test_public_lan_range_is_refused_at_start(stack: Stack, ledger: ScenarioReco
         network={"lan": [str(stack.world.lan_network), "198.51.100.0/24"], "allow_lan": True},
     )
     ledger.bad_inputs()
+    argv = ["ip", "netns", "exec", stack.world.host_ns, PYTHON, "-m", "nordwgd"]
     result = subprocess.run(
-        ["ip", "netns", "exec", stack.world.host_ns, PYTHON, "-m", "nordwgd", "--config", str(config)],
+        [*argv, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -351,6 +352,10 @@ def test_unprivileged_payload_to_the_endpoint_and_arp(
     assert seen_connected == 0, connected
     assert tunnel_arp is False, "the host answers ARP for its tunnel address on the LAN"
     assert _record_leaks(stack, ledger) == 0, stack.leaks()
+    stack.client.call("Disconnect")
+    stack.wait_for_state("disconnected", timeout=20)
+    arp_ignore = world.host_exec(["sysctl", "-n", "net.ipv4.conf.all.arp_ignore"]).stdout
+    assert arp_ignore.strip() == "0"  # restored with the routes
 
 
 def test_ipv6_uplink_and_a_route_that_pulls_traffic_off_the_tunnel(
@@ -389,7 +394,9 @@ def test_ipv6_uplink_and_a_route_that_pulls_traffic_off_the_tunnel(
     finally:
         world.host_exec(["ip", "route", "del", steal], check=False)
         world.host_exec(["ip", "-6", "route", "del", "default"], check=False)
-        world.host_exec(["ip", "-6", "addr", "del", f"{host_v6}/64", "dev", world.uplink], check=False)
+        world.host_exec(
+            ["ip", "-6", "addr", "del", f"{host_v6}/64", "dev", world.uplink], check=False
+        )
         world.router_exec(
             ["ip", "-6", "addr", "del", f"{router_v6}/64", "dev", world.uplink_router],
             check=False,
