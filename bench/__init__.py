@@ -129,8 +129,10 @@ class Daemon:
         with self.log.open("ab") as log:
             # ip netns exec execs the command: the pid is the daemon's own.
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", self.netns, PYTHON, "-m", "nordwgd"]
-                + ["--config", str(self.config), "--log-level", "info"],
+                [
+                    *("ip", "netns", "exec", self.netns, PYTHON, "-m", "nordwgd"),
+                    *("--config", str(self.config), "--log-level", "info"),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -176,7 +178,7 @@ class NotifySocket:
             self.path.unlink()
 
 
-async def wait_for_name(address: str, timeout: float = 30.0) -> None:
+async def wait_for_name(address: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
     bus = await MessageBus(bus_address=address).connect()
     try:
         deadline = time.monotonic() + timeout
@@ -266,9 +268,10 @@ class Client:
         return {key: plain(value) for key, value in props.items()}
 
     async def connect_vpn(self, options: dict[str, str] | None = None) -> None:
-        await self.call("Connect", "a{sv}", [{k: Variant("s", v) for k, v in (options or {}).items()}])
+        variants = {key: Variant("s", value) for key, value in (options or {}).items()}
+        await self.call("Connect", "a{sv}", [variants])
 
-    async def wait_state(self, *states: str, timeout: float) -> float:
+    async def wait_state(self, *states: str, timeout: float) -> float:  # noqa: ASYNC109
         """perf_counter() when State became one of ``states`` (at once if it is already)."""
         deadline = time.monotonic() + timeout
         while self.state.get("State") not in states:
@@ -280,7 +283,7 @@ class Client:
                 await asyncio.wait_for(self._changed.wait(), remaining)
         for stamp, changed in reversed(self.changes):
             if changed.get("State") in states:
-                return stamp
+                return float(stamp)
         return time.perf_counter()
 
     def close(self) -> None:

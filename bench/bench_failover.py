@@ -30,7 +30,7 @@ async def _once(world: World, address: str) -> tuple[float, str, str]:
         await client.connect_vpn()
         await client.wait_state("connected", timeout=60)
         silenced = str(client.state["Server"]["hostname"])
-        pinger = subprocess.Popen(
+        pinger = subprocess.Popen(  # noqa: ASYNC220 (started once, not waited on)
             ["ip", "netns", "exec", world.host_ns, "ping", "-q", "-i", "0.2", world.web_address],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
