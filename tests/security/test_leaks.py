@@ -268,6 +268,7 @@ def test_flow_opened_before_the_kill_switch_stops_leaking(
         time.sleep(0.5)
         assert stack.leaked() > 0  # the flow is on the uplink while open
         assert _conntrack_knows(stack)
+        ledger.fault(f"a TCP flow opened before the kill switch ({engage})")
         if engage == "lockdown":
             stack.client.call("SetLockdown", "b", [True])
             stack.wait_for_state("disconnected", Blocking="blocked", timeout=10)
