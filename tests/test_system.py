@@ -286,7 +286,11 @@ def test_renew_is_skipped_while_the_daemon_is_stopped(box: Container) -> None:
 def test_bus_activation_starts_the_service(box: Container) -> None:
     box.run(["systemctl", "stop", "nordwgd.service"])
     assert get_property(box, "State") == 's "disconnected"'
-    assert box.unit_property("nordwgd.service", "ActiveState") == "active"
+    # The name is owned (and the call answered) just before READY=1 reaches systemd.
+    wait_for(
+        "nordwgd.service to become active",
+        lambda: box.unit_property("nordwgd.service", "ActiveState") == "active",
+    )
     box.run(["systemctl", "stop", "nordwgd.service"])
 
 
