@@ -249,7 +249,8 @@ class Demo:
         self.failures: list[str] = []
         self.shell.define("DEMO", str(self.directory))
         ctl = Path(self.shell.bin_dir) / "nordwgctl"
-        self.ctl = ["nordwgctl"] if ctl.exists() else ["python", "-m", "nordwgd.cli"]
+        self.python = Path(sys.executable).name  # found first on the children's PATH
+        self.ctl = ["nordwgctl"] if ctl.exists() else [self.python, "-m", "nordwgd.cli"]
 
     # helpers
 
@@ -380,7 +381,7 @@ class Demo:
             "netns",
             "exec",
             "$HOST",
-            "python",
+            self.python,
             "-m",
             "nordwgd",
             "--config",
