@@ -18,12 +18,12 @@ from ipaddress import ip_address
 from pathlib import Path
 
 from bench import Client, Daemon, median, ms, private_bus, wait_for_name
+from nordwgd.errors import TunnelFailed
 from nordwgd.firewall.policy import policy_for_state
 from nordwgd.firewall.render import render
 from nordwgd.model import NORDLYNX_ADDRESS, Endpoint, TunnelParams
 from nordwgd.testing.world import World
 from nordwgd.wgconf import ALL_IPV4, render_wg_quick
-from nordwgd.errors import TunnelFailed
 from nordwgd.wireguard.uapi import GET_REQUEST, exchange_sync, parse_get, socket_path
 
 FWMARK = 0xCA6C  # nordwgd's default, and wg-quick's 51820
