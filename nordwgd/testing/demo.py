@@ -33,7 +33,7 @@ from typing import Any, NoReturn, TextIO
 
 from nordwgd.testing.fleet import country_record
 from nordwgd.testing.leakmonitor import TABLE as LEAK_TABLE
-from nordwgd.testing.netns import NETNS_PREFIX, list_netns
+from nordwgd.testing.netns import NETNS_PREFIX, cleanup_run, list_netns
 from nordwgd.testing.privatebus import PrivateBus, start_bus
 from nordwgd.testing.world import World
 
@@ -635,14 +635,12 @@ class Demo:
         if self.daemon is not None:
             out.command(f"kill -TERM {self.daemon.pid}")
             code = _stop(self.daemon, DAEMON_STOP_TIMEOUT)
-            if code == 0:
-                out.ok("nordwgd stopped")
-            else:
-                out.bad(f"nordwgd ended with status {code}")
-        if self.bus is not None:
-            self.bus.stop()
-        if self.world is not None:
-            self.world.close()
+            self.check(code == 0, "nordwgd stopped", f"nordwgd ended with status {code}")
+        for stage in (self._stop_bus, self._close_world, self._sweep):
+            try:
+                stage()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                out.bad(f"teardown: {error}")
         shutil.rmtree(self.directory, ignore_errors=True)
         left = self.leftovers()
         if left:
@@ -651,6 +649,22 @@ class Demo:
         else:
             what = f"{len(self.namespaces)} network namespaces, " if self.namespaces else ""
             out.ok(f"removed {what}every process and {self.directory}; nothing is left behind")
+
+    def _stop_bus(self) -> None:
+        if self.bus is not None:
+            self.bus.stop()
+
+    def _close_world(self) -> None:
+        if self.world is not None:
+            self.world.close()
+
+    def _sweep(self) -> None:
+        """A second pass for what a failed or interrupted close left: namespaces, the
+        processes in them, wireguard-go sockets and /etc/netns entries of this world."""
+        if self.world is None:
+            return
+        cleanup_run(self.world.id)
+        shutil.rmtree(Path("/etc/netns") / self.world.host_ns, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
         found: list[str] = []
