@@ -2,35 +2,52 @@
 
 Every ``tick`` seconds it reads the peer statistics: a handshake older than
 ``handshake_max_age`` fails the check. While traffic flows (the transmitted counter grew since
-the last look) it looks every ``fast_tick`` seconds instead: when the peer has received
-everything and answered nothing for ``stall_after`` seconds of sending, the probe URLs get one
-short chance (``stall_probe_timeout``) to answer through the tunnel; when none does (or none is
-configured) the peer is silent and ``on_failure`` is called at once, without waiting for
-``attempts`` checks: a dead server is noticed in seconds, not minutes. Every ``interval``
-seconds (or at once after ``trigger()``, e.g. when the uplink changed or the machine resumed) it
-fetches the configured URLs; since the tunnel routes everything, a plain request from this
-process goes through it. A probe passes when any URL answers with any HTTP status. ``attempts``
-failed checks in a row call ``on_failure``; the machine decides what to do (fail over, without
-flapping).
+the last look) it looks every ``fast_tick`` seconds instead. When the peer has answered nothing
+for ``stall_after`` seconds of sending, the monitor asks for a real round trip through the
+tunnel before it judges: a DNS query to each tunnel resolver (``dns_servers``) and the probe
+URLs, all at once with a short timeout (``stall_probe_timeout``). A one-way flow through a live
+tunnel (a UDP upload) gets no WireGuard answers for about ten seconds, until the passive
+keepalive, but the resolver answers; when nothing answers (or there is nothing to ask) the peer
+is silent and ``on_failure`` is called at once, without waiting for ``attempts`` checks: a dead
+server is noticed in seconds, not minutes.
+
+Every ``interval`` seconds (or at once after ``trigger()``, e.g. when the uplink changed or the
+machine resumed) it fetches the configured URLs. A probe passes when any URL answers with any
+HTTP status. ``attempts`` failed checks in a row call ``on_failure``; the machine decides what
+to do (fail over, without flapping).
+
+The probes must take the tunnel. In host and gateway modes the tunnel routes everything, so a
+plain request from this process goes through it. In namespace mode only the namespace
+``namespace`` reaches the tunnel: every probe then runs in a thread that entered it
+(``nordwgd.netns_thread``), so it tests the tunnel, not the uplink, and lockdown on the host
+does not stop it. URL host names are resolved with this process's resolver configuration, so
+in that mode health URLs should name an IP address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import httpx
 
+from nordwgd import dnsprobe
 from nordwgd.config import HealthConfig
+from nordwgd.model import IPAddress
+from nordwgd.netns_thread import run_in_namespace
 from nordwgd.wireguard import PeerStats
 
 log = logging.getLogger(__name__)
 
 Prober = Callable[[str, float], Awaitable[str | None]]
 """``prober(url, timeout)`` -> None when the URL answered, else why it did not."""
+
+DnsProber = Callable[[IPAddress, float], Awaitable[str | None]]
+"""``dns_prober(server, timeout)`` -> None when the resolver responded, else why it did not."""
 
 
 async def http_probe(url: str, timeout: float) -> str | None:  # noqa: ASYNC109 (per request)
@@ -39,9 +56,49 @@ async def http_probe(url: str, timeout: float) -> str | None:  # noqa: ASYNC109 
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             response = await client.get(url)
     except httpx.HTTPError as error:
-        return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return _http_reason(error)
     log.debug("probe %s: HTTP %d", url, response.status_code)
     return None
+
+
+async def dns_probe(server: IPAddress, timeout: float) -> str | None:  # noqa: ASYNC109
+    """One DNS round trip to ``server`` (``nordwgd.dnsprobe``), off the event loop."""
+    return await asyncio.to_thread(dnsprobe.query, server, timeout)
+
+
+def namespace_probers(namespace: str) -> tuple[Prober, DnsProber]:
+    """The HTTP and DNS probes, run inside the network namespace ``/run/netns/<namespace>``."""
+
+    async def http(url: str, timeout: float) -> str | None:  # noqa: ASYNC109
+        try:
+            return await run_in_namespace(namespace, functools.partial(_http_get, url, timeout))
+        except OSError as error:
+            return str(error)
+
+    async def dns(server: IPAddress, timeout: float) -> str | None:  # noqa: ASYNC109
+        try:
+            return await run_in_namespace(
+                namespace, functools.partial(dnsprobe.query, server, timeout)
+            )
+        except OSError as error:
+            return str(error)
+
+    return http, dns
+
+
+def _http_get(url: str, timeout: float) -> str | None:
+    """The blocking twin of ``http_probe``, for a thread in another namespace."""
+    try:
+        with httpx.Client(timeout=timeout, trust_env=False) as client:
+            response = client.get(url)
+    except httpx.HTTPError as error:
+        return _http_reason(error)
+    log.debug("probe %s: HTTP %d", url, response.status_code)
+    return None
+
+
+def _http_reason(error: httpx.HTTPError) -> str:
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
 class HealthMonitor:
@@ -57,7 +114,10 @@ class HealthMonitor:
         fast_tick: float = 1.0,
         stall_after: float | None = None,
         stall_probe_timeout: float = 1.0,
-        prober: Prober = http_probe,
+        dns_servers: Sequence[IPAddress] = (),
+        namespace: str | None = None,
+        prober: Prober | None = None,
+        dns_prober: DnsProber | None = None,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -69,7 +129,14 @@ class HealthMonitor:
         # Two looks after the first one that saw sending without receiving.
         self._stall_after = 2 * self._fast_tick if stall_after is None else stall_after
         self._stall_probe_timeout = min(stall_probe_timeout, config.timeout)
-        self._prober = prober
+        self._dns_servers = tuple(dns_servers)
+        if namespace is not None:
+            in_namespace = namespace_probers(namespace)
+            self._prober = prober or in_namespace[0]
+            self._dns_prober = dns_prober or in_namespace[1]
+        else:
+            self._prober = prober or http_probe
+            self._dns_prober = dns_prober or dns_probe
         self._wall_clock = wall_clock
         self._clock = clock
         self._wake = asyncio.Event()
@@ -193,16 +260,20 @@ class HealthMonitor:
         return now - self._stall_since
 
     async def _confirm_silence(self, details: dict[str, object]) -> bool:
-        """After a stall: True unless a probe URL answers within a short timeout (a one-way
-        flow, such as an upload over UDP, gets no WireGuard answers from a live peer)."""
+        """After a stall: True unless a tunnel resolver or a probe URL answers within a short
+        timeout (a one-way flow, such as an upload over UDP, gets no WireGuard answers from a
+        live peer until its passive keepalive, about ten seconds later)."""
         self._stall_since = None  # the next verdict needs a new stall
-        if not self._config.urls:
+        timeout = self._stall_probe_timeout
+        names = [f"dns {server}" for server in self._dns_servers] + list(self._config.urls)
+        if not names:
             return True
         results = await asyncio.gather(
-            *(self._prober(url, self._stall_probe_timeout) for url in self._config.urls)
+            *(self._dns_prober(server, timeout) for server in self._dns_servers),
+            *(self._prober(url, timeout) for url in self._config.urls),
         )
         details["probes"] = {
-            url: "ok" if result is None else result
-            for url, result in zip(self._config.urls, results, strict=True)
+            name: "ok" if result is None else result
+            for name, result in zip(names, results, strict=True)
         }
         return all(result is not None for result in results)

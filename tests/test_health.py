@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from ipaddress import ip_address
 
 import pytest
 
+from nordwgd import dnsprobe
 from nordwgd.config import HealthConfig
 from nordwgd.health import HealthMonitor, http_probe
+from nordwgd.model import IPAddress
 from nordwgd.wireguard import PeerStats
 
 NOW = 1_700_000_000.0
@@ -178,7 +183,7 @@ async def test_silent_peer_under_traffic_fails_at_once() -> None:
         await health.stop()
 
 
-async def test_silent_peer_without_urls_fails_on_the_counters_alone() -> None:
+async def test_silent_peer_with_nothing_to_ask_fails_on_the_counters_alone() -> None:
     failures: list[str] = []
     config = replace(BASE, urls=(), attempts=100)
     health = monitor(config, SendingPeer(), Prober(), failures, tick=0.01)
@@ -188,6 +193,144 @@ async def test_silent_peer_without_urls_fails_on_the_counters_alone() -> None:
         assert failures and "nothing received" in failures[0]
     finally:
         await health.stop()
+
+
+class Resolver:
+    """A tunnel resolver double: answers (None) or not (a reason), and records the questions."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        self.answer = answer
+        self.asked: list[tuple[IPAddress, float]] = []
+
+    async def __call__(self, server: IPAddress, seconds: float) -> str | None:
+        self.asked.append((server, seconds))
+        return self.answer
+
+
+TUNNEL_DNS = (ip_address("198.51.100.53"), ip_address("198.51.100.54"))
+
+
+def dns_monitor(
+    config: HealthConfig, peer: Peer, prober: Prober, resolver: Resolver, failures: list[str]
+) -> HealthMonitor:
+    return HealthMonitor(
+        config,
+        peer,
+        failures.append,
+        tick=0.01,
+        dns_servers=TUNNEL_DNS,
+        prober=prober,
+        dns_prober=resolver,
+        wall_clock=lambda: NOW,
+    )
+
+
+async def test_one_way_traffic_without_urls_is_confirmed_by_the_tunnel_resolver() -> None:
+    # A UDP upload through a live tunnel: nothing comes back, but the resolver answers.
+    failures: list[str] = []
+    resolver = Resolver()
+    config = replace(BASE, urls=(), attempts=1)
+    health = dns_monitor(config, SendingPeer(), Prober(), resolver, failures)
+    health.start()
+    try:
+        await _wait_for(lambda: len(resolver.asked) >= 2 * len(TUNNEL_DNS))
+        assert {server for server, _ in resolver.asked} == set(TUNNEL_DNS)
+        assert all(seconds <= 1.0 for _, seconds in resolver.asked)
+        assert failures == []
+    finally:
+        await health.stop()
+
+
+async def test_one_answering_resolver_is_enough() -> None:
+    class OneDown(Resolver):
+        async def __call__(self, server: IPAddress, seconds: float) -> str | None:
+            self.asked.append((server, seconds))
+            return None if server == TUNNEL_DNS[1] else "no DNS response"
+
+    failures: list[str] = []
+    resolver = OneDown()
+    prober = Prober()
+    prober.answer = "ConnectTimeout"
+    health = dns_monitor(replace(BASE, attempts=1), SendingPeer(), prober, resolver, failures)
+    health.start()
+    try:
+        await _wait_for(lambda: len(resolver.asked) >= 2 * len(TUNNEL_DNS))
+        assert len(resolver.asked) >= 2 * len(TUNNEL_DNS)
+        assert failures == []
+    finally:
+        await health.stop()
+
+
+async def test_silence_from_resolvers_and_urls_fails_over_at_once() -> None:
+    failures: list[str] = []
+    resolver = Resolver("no DNS response")
+    prober = Prober()
+    prober.answer = "ConnectTimeout"
+    config = replace(BASE, attempts=100)
+    health = dns_monitor(config, SendingPeer(), prober, resolver, failures)
+    health.start()
+    try:
+        await _wait_for(lambda: bool(failures))
+        assert failures and "nothing received" in failures[0]
+        assert sorted(server for server, _ in resolver.asked) == sorted(TUNNEL_DNS)
+        assert prober.calls == [URL]
+    finally:
+        await health.stop()
+
+
+async def test_silent_resolvers_without_urls_fail_over() -> None:
+    failures: list[str] = []
+    resolver = Resolver("no DNS response")
+    config = replace(BASE, urls=(), attempts=100)
+    health = dns_monitor(config, SendingPeer(), Prober(), resolver, failures)
+    health.start()
+    try:
+        await _wait_for(lambda: bool(failures))
+        assert failures and "nothing received" in failures[0]
+    finally:
+        await health.stop()
+
+
+async def test_the_real_dns_probe_confirms_a_one_way_flow() -> None:
+    # The monitor with the real DNS probe, asking a resolver on loopback.
+    loop = asyncio.get_running_loop()
+    asked: list[bytes] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as resolver:
+        resolver.bind(("127.0.0.1", 0))
+        resolver.setblocking(False)
+        port = resolver.getsockname()[1]
+
+        async def answer_forever() -> None:
+            while True:
+                message, peer = await loop.sock_recvfrom(resolver, 512)
+                asked.append(message)
+                reply = message[:2] + b"\x81\x83" + message[4:]  # a response: NXDOMAIN
+                await loop.sock_sendto(resolver, reply, peer)
+
+        async def probe_port(server: IPAddress, seconds: float) -> str | None:
+            return await asyncio.to_thread(dnsprobe.query, server, seconds, port=port)
+
+        answering = loop.create_task(answer_forever())
+        failures: list[str] = []
+        health = HealthMonitor(
+            replace(BASE, urls=(), attempts=1),
+            SendingPeer(),
+            failures.append,
+            tick=0.01,
+            dns_servers=(ip_address("127.0.0.1"),),
+            dns_prober=probe_port,
+            wall_clock=lambda: NOW,
+        )
+        health.start()
+        try:
+            await _wait_for(lambda: len(asked) >= 3)
+            assert len(asked) >= 3  # several stalls, each confirmed by a response
+            assert failures == []
+        finally:
+            await health.stop()
+            answering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await answering
 
 
 async def test_a_lone_keepalive_is_not_a_stall() -> None:
