@@ -116,8 +116,8 @@ class HealthMonitor:
         stall_probe_timeout: float = 1.0,
         dns_servers: Sequence[IPAddress] = (),
         namespace: str | None = None,
-        prober: Prober | None = None,
-        dns_prober: DnsProber | None = None,
+        prober: Prober = http_probe,
+        dns_prober: DnsProber = dns_probe,
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -130,13 +130,15 @@ class HealthMonitor:
         self._stall_after = 2 * self._fast_tick if stall_after is None else stall_after
         self._stall_probe_timeout = min(stall_probe_timeout, config.timeout)
         self._dns_servers = tuple(dns_servers)
+        self._prober = prober
+        self._dns_prober = dns_prober
         if namespace is not None:
+            # The default probes would test this namespace's uplink: move them to the tunnel.
             in_namespace = namespace_probers(namespace)
-            self._prober = prober or in_namespace[0]
-            self._dns_prober = dns_prober or in_namespace[1]
-        else:
-            self._prober = prober or http_probe
-            self._dns_prober = dns_prober or dns_probe
+            if prober is http_probe:
+                self._prober = in_namespace[0]
+            if dns_prober is dns_probe:
+                self._dns_prober = in_namespace[1]
         self._wall_clock = wall_clock
         self._clock = clock
         self._wake = asyncio.Event()
