@@ -37,6 +37,11 @@ class Engine(Protocol):
     @property
     def tunnel_is_up(self) -> bool: ...
 
+    @property
+    def probe_namespace(self) -> str | None:
+        """The network namespace whose traffic takes the tunnel, when it is not this one:
+        health probes must run there to test the tunnel."""
+
     async def apply_policy(
         self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
     ) -> Blocking:
@@ -94,6 +99,11 @@ class SystemEngine:
     @property
     def tunnel_is_up(self) -> bool:
         return self._connection is not None and self._connection.is_up
+
+    @property
+    def probe_namespace(self) -> str | None:
+        network = self._config.network
+        return network.namespace if network.mode == "namespace" else None
 
     def policy(
         self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
