@@ -537,6 +537,8 @@ class Machine:
             self.statistics,
             self.health_failed,
             tick=self._tuning.health_tick,
+            dns_servers=params.dns,
+            namespace=self._engine.probe_namespace,
         )
         self._health.start()
 
