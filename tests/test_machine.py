@@ -117,6 +117,10 @@ class FakeEngine:
     def tunnel_is_up(self) -> bool:
         return self.up is not None
 
+    @property
+    def probe_namespace(self) -> str | None:
+        return None
+
     async def apply_policy(
         self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
     ) -> str:
