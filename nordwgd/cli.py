@@ -316,13 +316,28 @@ async def _wait_for(
 
 async def cmd_connect(client: Client, args: argparse.Namespace) -> int:
     options = await _location_options(client, args)
+    return await _request_connection(client, args, "Connect", "a{sv}", [options])
+
+
+async def cmd_reconnect(client: Client, args: argparse.Namespace) -> int:
+    return await _request_connection(client, args, "Reconnect")
+
+
+async def _request_connection(
+    client: Client,
+    args: argparse.Namespace,
+    member: str,
+    signature: str = "",
+    body: Sequence[Any] = (),
+) -> int:
+    """Call ``member``, then (unless --no-wait) follow State until connected."""
     follower = _StateFollower()
     if not args.no_wait:
         await client.watch(follower)
     before = str(await client.get("State"))
-    await client.call("Connect", "a{sv}", [options])
+    await client.call(member, signature, body)
     if args.no_wait:
-        _print("connect requested")
+        _print(f"{member.lower()} requested")
         return EXIT_OK
     await _wait_for(client, follower, "connected", before=before, limit=args.timeout, quiet=False)
     properties = await client.properties()
@@ -337,7 +352,10 @@ async def cmd_disconnect(client: Client, args: argparse.Namespace) -> int:
     await client.watch(follower)
     before = str(await client.get("State"))
     await client.call("Disconnect")
-    await _wait_for(client, follower, "disconnected", before=before, limit=args.timeout, quiet=True)
+    if before != "disconnected":  # already there: no transition to wait for
+        await _wait_for(
+            client, follower, "disconnected", before=before, limit=args.timeout, quiet=True
+        )
     lockdown = await client.get("Lockdown")
     _print("disconnected" + (" (lockdown on: traffic stays blocked)" if lockdown else ""))
     return EXIT_OK
@@ -516,7 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     disconnect = add("disconnect", cmd_disconnect, "disconnect")
     disconnect.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
-    add("reconnect", _simple("Reconnect", "reconnecting"), "move to another server")
+    reconnect = add("reconnect", cmd_reconnect, "move to another server")
+    reconnect.add_argument("--no-wait", action="store_true", help="return once accepted")
+    reconnect.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     add("renew", _simple("Renew", "renewed"), "refresh credentials and server data")
     check = add("check", cmd_check, "check the tunnel's health now")
     check.add_argument("--json", action="store_true")
