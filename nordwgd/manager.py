@@ -416,7 +416,16 @@ class Manager:
             raise InvalidArgument("mode must be a string")
         mode = diagnose.check_mode(mode)
         report: dict[str, object] = {"mode": mode, "state": self.properties()["State"]}
-        report.update(await diagnose.public_address(self._api.insights))
+        if report["state"] == State.CONNECTED.value:
+            # Unmarked, like the user's traffic: the address the world sees through the tunnel.
+            # (The daemon's own client is marked and would report the uplink's address.)
+            tunnelled = NordVpnApi(self._config.api)
+            try:
+                report.update(await diagnose.public_address(tunnelled.insights))
+            finally:
+                await tunnelled.aclose()
+        else:
+            report.update(await diagnose.public_address(self._api.insights))
         if mode == "full":
             statistics = await self.get_statistics() if self._machine is not None else {}
             props = self.properties()
