@@ -10,8 +10,9 @@ debounce window.
 from __future__ import annotations
 
 import json
-import selectors
+import queue
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -57,16 +58,24 @@ class Watched:
     def batch(self, *commands: str) -> None:
         ns.run(["ip", "-n", self.netns, "-batch", "-"], input="\n".join(commands) + "\n")
 
-    def next_line(self) -> str:
+    def __post_init__(self) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
         assert self.process.stdout is not None
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(LINE_TIMEOUT):
-                raise AssertionError("the watcher reported nothing")
-        line = self.process.stdout.readline()
+        for line in self.process.stdout:
+            self.lines.put(line.strip())
+        self.lines.put("")
+
+    def next_line(self) -> str:
+        try:
+            line = self.lines.get(timeout=LINE_TIMEOUT)
+        except queue.Empty:
+            raise AssertionError("the watcher reported nothing") from None
         if not line:
             raise AssertionError(f"the watcher ended with status {self.process.wait(10)}")
-        return line.strip()
+        return line
 
     def next_change(self) -> str:
         line = self.next_line()
