@@ -30,9 +30,7 @@ class Resumes:
 
 
 def prepare_for_sleep(going_to_sleep: bool) -> Message:
-    return Message.new_signal(
-        LOGIN1_PATH, LOGIN1_MANAGER, "PrepareForSleep", "b", [going_to_sleep]
-    )
+    return Message.new_signal(LOGIN1_PATH, LOGIN1_MANAGER, "PrepareForSleep", "b", [going_to_sleep])
 
 
 @pytest.fixture
