@@ -281,4 +281,8 @@ def setup_logging(
     handler._nordwgd = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)
+    # Libraries' own debug chatter (every netlink message, every HTTP connection state) would
+    # drown the daemon's debug log; they speak from INFO up.
+    for library in ("pyroute2", "httpcore", "httpx", "hpack", "asyncio"):
+        logging.getLogger(library).setLevel(max(numeric, logging.INFO))
     return handler
