@@ -1,21 +1,30 @@
-"""The health monitor: handshake age, probes, attempts, triggers; and the real HTTP probe."""
+"""The health monitor: handshake age, probes, attempts, triggers, stalls confirmed by the tunnel
+resolver; the real HTTP and DNS probes; and a one-way upload through the real daemon."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from ipaddress import ip_address
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nordwgd import dnsprobe
 from nordwgd.config import HealthConfig
+from nordwgd.dnsprobe import TYPE_NS
 from nordwgd.health import HealthMonitor, http_probe
 from nordwgd.model import IPAddress
+from nordwgd.testing import netns as ns
+from nordwgd.testing.world import World
 from nordwgd.wireguard import PeerStats
+from tests.fixtures_dbus import DaemonProcess, PrivateBus, call_as, running_daemon
 
 NOW = 1_700_000_000.0
 URL = "http://198.51.100.80/health"
@@ -383,3 +392,81 @@ async def test_http_probe_refused_is_a_reason() -> None:
 
     reason = await http_probe(f"http://127.0.0.1:{await closed_port()}/", 2.0)
     assert reason is not None and reason.startswith("ConnectError")
+
+
+# -- the real daemon in the world: a one-way flow through a live tunnel ------------------------
+
+# Receives UDP and never answers (one port of the world's web address, in the router).
+_SINK = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+print("ready", flush=True)
+while True:
+    sock.recv(65535)
+"""
+
+# Sends a datagram every 50 ms for the given seconds: an upload nobody answers.
+_UPLOAD = r"""
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    try:
+        sock.sendto(b"x" * 200, (sys.argv[1], int(sys.argv[2])))
+    except OSError:
+        pass  # the firewall blocks while the daemon switches servers; the test says why
+    time.sleep(0.05)
+"""
+
+UPLOAD_SECONDS = 12.0  # longer than the server's passive keepalive (about 10 s)
+SINK_PORT = "9999"
+
+
+@pytest.mark.root
+def test_one_way_upload_without_urls_keeps_the_server(
+    world: World, private_bus: PrivateBus, tmp_path: Path
+) -> None:
+    config = world.write_config(tmp_path / "nordwgd.toml", health={"urls": []})
+    sink = subprocess.Popen(
+        ns.exec_argv(world.router_ns, ns.python_argv(_SINK, world.web_address, SINK_PORT)),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=ns.python_env(),
+    )
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        with running_daemon(private_bus, world.host_ns, config, tmp_path / "daemon.log") as daemon:
+            assert "error" not in call_as(private_bus, None, "Connect", "a{sv}", [{}])
+            before = _wait_connected(private_bus, daemon)
+            ns.run(
+                ns.exec_argv(
+                    world.host_ns,
+                    ns.python_argv(_UPLOAD, world.web_address, SINK_PORT, str(UPLOAD_SECONDS)),
+                ),
+                timeout=UPLOAD_SECONDS + 30,
+            )
+            after = _wait_connected(private_bus, daemon)
+            assert (after["Server"], after["ConnectedSince"]) == (
+                before["Server"], before["ConnectedSince"]
+            ), daemon.log_text()
+            station = world.server(str(before["Server"]["hostname"])).station  # type: ignore[index]
+            # The stall was looked into: the tunnel resolver got the root NS query and answered.
+            probes = [q for q in world.dns_queries() if q.name == "" and q.type == TYPE_NS]
+            assert probes and all(q.client == station for q in probes), daemon.log_text()
+            assert "health failed" not in daemon.log.read_text(errors="replace")
+    finally:
+        sink.kill()
+        sink.wait(10)
+
+
+def _wait_connected(bus: PrivateBus, daemon: DaemonProcess) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while True:
+        reply = call_as(bus, None, "GetAll", "s", ["org.nordwgd.Nordwgd1.Manager"],
+                        interface="org.freedesktop.DBus.Properties")
+        body = reply.get("body")
+        assert isinstance(body, list), reply
+        props: dict[str, Any] = body[0]
+        if props["State"] == "connected":
+            return props
+        assert time.monotonic() < deadline, f"state {props['State']}:\n{daemon.log_text()}"
+        time.sleep(0.2)
