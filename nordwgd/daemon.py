@@ -79,6 +79,7 @@ class DaemonManager(ManagerFacade, Protocol):
     async def start(self) -> None: ...
     async def stop(self, *, keep_blocking: bool) -> None: ...
     def trigger_health_check(self, reason: str = ...) -> None: ...
+    def alive(self) -> bool: ...
 
 
 def create_manager(config: Config) -> DaemonManager:
@@ -160,7 +161,8 @@ async def run(config: Config) -> int:
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             await manager.stop(keep_blocking=True)
             raise StartupError(f"cannot own the bus name {BUS_NAME} ({reply.name})")
-        watchdog = systemd.Watchdog(lambda: bus.connected)
+        # Pinged from the event loop, so a stalled loop stops the pings by itself.
+        watchdog = systemd.Watchdog(lambda: bus.connected and manager.alive())
         watchdog.start()
         stop_watching = await watch_network(bus, manager, config)
         state = manager.properties().get("State", "")

@@ -166,6 +166,11 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    @property
+    def running(self) -> bool:
+        """The monitor task exists and has not ended (the watchdog depends on it)."""
+        return self._task is not None and not self._task.done()
+
     def trigger(self) -> None:
         """Probe at the next opportunity (uplink change, resume from sleep)."""
         self._wake.set()

@@ -253,6 +253,12 @@ class Machine:
             except errors.NordwgdError as error:
                 log.error("could not remove the firewall table: %s", error)
 
+    def alive(self) -> bool:
+        """The command loop runs, and so does the tunnel monitor whenever a tunnel is up."""
+        if self._task is None or self._task.done():
+            return False
+        return self._health is None or self._health.running
+
     def submit(self, command: _Command) -> None:
         self._queue.put_nowait(command)
         self._arrived.set()

@@ -247,6 +247,10 @@ class Manager:
 
     # -- properties ------------------------------------------------------------------------
 
+    def alive(self) -> bool:
+        """For the watchdog: the state machine's loop and its tunnel monitor are running."""
+        return self._machine is not None and self._machine.alive()
+
     def properties(self) -> dict[str, object]:
         if self._machine is None:
             return dict(self._initial)

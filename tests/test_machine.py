@@ -655,3 +655,21 @@ async def test_check_health_reports_details(started: Harness) -> None:
     assert details["rx_bytes"] == 1000
     assert 0 <= details["handshake_age"] < 60  # type: ignore[operator]
     assert started.machine.properties()["RxBytes"] == 1000
+
+
+async def test_alive_follows_the_loop_and_the_tunnel_monitor() -> None:
+    harness = build()
+    assert not harness.machine.alive()  # not started
+    await harness.machine.start()
+    try:
+        assert harness.machine.alive()
+        harness.machine.connect(Target())
+        await harness.wait_state(State.CONNECTED)
+        assert harness.machine.alive()
+        health = harness.machine._health
+        assert health is not None and health.running
+        await health.stop()  # a dead tunnel monitor must stop the watchdog pings
+        assert not harness.machine.alive()
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+    assert not harness.machine.alive()
