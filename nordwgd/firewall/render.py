@@ -8,26 +8,38 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Final
-
-import jinja2
+from typing import TYPE_CHECKING, Final
 
 from nordwgd.firewall.policy import DNS_PORTS, FirewallPolicy
 from nordwgd.model import IPAddress, IPNetwork
 
+if TYPE_CHECKING:
+    import jinja2
+
 TABLE_FAMILY: Final = "inet"
 TABLE_NAME: Final = "nordwgd"
 BASE_CHAINS: Final = ("input", "output", "forward")
-
-_ENVIRONMENT = jinja2.Environment(
-    loader=jinja2.PackageLoader("nordwgd.firewall", "templates"),
-    autoescape=False,  # noqa: S701 - renders nft syntax, not HTML; every value is typed
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
+# An open policy only removes the table. Declaring it first makes the delete safe when the
+# table is absent. Kept out of the template so that a daemon that never blocks never loads jinja2.
+_REMOVE_TABLE: Final = (
+    f"table {TABLE_FAMILY} {TABLE_NAME} {{}}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
 )
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("nordwgd.firewall", "templates"),
+        autoescape=False,  # noqa: S701 - renders nft syntax, not HTML; every value is typed
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,8 @@ def tag(policy: FirewallPolicy) -> str:
 
 def render(policy: FirewallPolicy) -> str:
     """The nft script that makes the kernel enforce ``policy`` (one transaction)."""
+    if not policy.block:
+        return _REMOVE_TABLE
     sets = (
         _address_set("api_v4", policy.api_addresses, 4),
         _address_set("api_v6", policy.api_addresses, 6),
@@ -62,7 +76,8 @@ def render(policy: FirewallPolicy) -> str:
     endpoint_family = ""
     if policy.endpoint is not None:
         endpoint_family = "ip6" if isinstance(policy.endpoint.address, IPv6Address) else "ip"
-    return _ENVIRONMENT.get_template("nordwgd.nft.j2").render(
+    template = _environment().get_template("nordwgd.nft.j2")
+    return template.render(
         policy=policy,
         tag=tag(policy),
         sets=used,
