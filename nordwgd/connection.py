@@ -190,7 +190,7 @@ class Connection:
 
     async def _step(self, error: type[NordwgdError], context: str,
                        action: Awaitable[_T]) -> _T:
-        """Run one step; a failure becomes ``error`` with ``context`` (typed ones keep their class)."""
+        """Run one step; a failure becomes ``error`` with ``context`` (typed ones keep theirs)."""
         try:
             return await action
         except (TunnelFailed, RoutingFailed, DnsFailed) as exc:
