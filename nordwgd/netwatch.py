@@ -26,23 +26,20 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from ipaddress import ip_address
-from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink import rtnl
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+from nordwgd import rtnetlink
 
 log = logging.getLogger(__name__)
 
 GROUPS = (
-    rtnl.RTMGRP_LINK
-    | rtnl.RTMGRP_IPV4_IFADDR
-    | rtnl.RTMGRP_IPV6_IFADDR
-    | rtnl.RTMGRP_IPV4_ROUTE
-    | rtnl.RTMGRP_IPV6_ROUTE
+    rtnetlink.RTMGRP_LINK
+    | rtnetlink.RTMGRP_IPV4_IFADDR
+    | rtnetlink.RTMGRP_IPV6_IFADDR
+    | rtnetlink.RTMGRP_IPV4_ROUTE
+    | rtnetlink.RTMGRP_IPV6_ROUTE
 )
 MAIN_TABLE = 254
 IFF_UP = 0x1
@@ -90,7 +87,6 @@ class UplinkWatcher:
         self._ignore = frozenset(ignore)
         self._debounce = debounce
         self._max_delay = max_delay
-        self._marshal = MarshalRtnl()
         self._socket: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._links: dict[int, _Link] = {}
@@ -131,13 +127,16 @@ class UplinkWatcher:
             sock.close()
 
     async def _resync(self) -> None:
-        links, addresses = await asyncio.to_thread(_dump)
+        links = await asyncio.to_thread(rtnetlink.dump, rtnetlink.RTM_GETLINK)
+        addresses = await asyncio.to_thread(rtnetlink.dump, rtnetlink.RTM_GETADDR)
         self._links = {}
         self._addresses = set()
         for message in links:
-            self._link_changed(message, report=False)
+            if isinstance(message, rtnetlink.Link):
+                self._link_changed(message, report=False)
         for message in addresses:
-            self._address_changed(message, report=False)
+            if isinstance(message, rtnetlink.Address):
+                self._address_changed(message, report=False)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -161,11 +160,11 @@ class UplinkWatcher:
                 self._loop.create_task(self._after_overrun())
                 continue
             try:
-                messages = list(self._marshal.parse(data))
-            except Exception as error:  # a message pyroute2 cannot parse is not worth dying for
+                messages = list(rtnetlink.parse(data))
+            except (ValueError, OSError) as error:  # not worth dying for
                 log.debug("uplink watch: unparsable netlink data: %s", error)
                 continue
-            for message in messages:
+            for _, message in messages:
                 self._dispatch(message)
 
     async def _after_overrun(self) -> None:
@@ -175,13 +174,12 @@ class UplinkWatcher:
             log.warning("uplink watch: could not resynchronise: %s", error)
         self._changed("netlink events lost")
 
-    def _dispatch(self, message: Any) -> None:
-        kind = message["header"]["type"]
-        if kind in (rtnl.RTM_NEWLINK, rtnl.RTM_DELLINK):
+    def _dispatch(self, message: rtnetlink.Message | None) -> None:
+        if isinstance(message, rtnetlink.Link):
             self._link_changed(message, report=True)
-        elif kind in (rtnl.RTM_NEWADDR, rtnl.RTM_DELADDR):
+        elif isinstance(message, rtnetlink.Address):
             self._address_changed(message, report=True)
-        elif kind in (rtnl.RTM_NEWROUTE, rtnl.RTM_DELROUTE):
+        elif isinstance(message, rtnetlink.Route):
             self._route_changed(message)
 
     # -- filtering ---------------------------------------------------------------------------
@@ -192,15 +190,13 @@ class UplinkWatcher:
             return None
         return link
 
-    def _link_changed(self, message: Any, *, report: bool) -> None:
-        index = int(message["index"])
-        flags = int(message["flags"])
-        name = message.get_attr("IFLA_IFNAME") or (
-            self._links[index].name if index in self._links else str(index)
-        )
+    def _link_changed(self, message: rtnetlink.Link, *, report: bool) -> None:
+        index = message.index
+        flags = message.flags
+        name = message.name or (self._links[index].name if index in self._links else str(index))
         before = self._links.pop(index, None)
         relevant = not (flags & IFF_LOOPBACK) and name not in self._ignore
-        if message["header"]["type"] == rtnl.RTM_DELLINK:
+        if not message.added:
             self._addresses = {key for key in self._addresses if key[0] != index}
             if report and relevant and before is not None and before.up:
                 self._changed(f"{name} removed")
@@ -211,14 +207,14 @@ class UplinkWatcher:
         if report and relevant and link.up != was_up:
             self._changed(f"{name} {'up' if link.up else 'down'}")
 
-    def _address_changed(self, message: Any, *, report: bool) -> None:
-        index = int(message["index"])
-        address = message.get_attr("IFA_LOCAL") or message.get_attr("IFA_ADDRESS")
-        if address is None or _is_link_local(str(address)):
+    def _address_changed(self, message: rtnetlink.Address, *, report: bool) -> None:
+        index = message.index
+        address = message.address
+        if address is None or _is_link_local(address):
             return
-        key = (index, int(message["family"]), str(address), int(message["prefixlen"]))
+        key = (index, message.family, address, message.prefixlen)
         link = self._relevant_link(index)
-        if message["header"]["type"] == rtnl.RTM_DELADDR:
+        if not message.added:
             known = key in self._addresses
             self._addresses.discard(key)
             if report and link is not None and known:
@@ -229,18 +225,14 @@ class UplinkWatcher:
         if report and link is not None and new:
             self._changed(f"{link.name}: address {address}/{key[3]} added")
 
-    def _route_changed(self, message: Any) -> None:
-        table = message.get_attr("RTA_TABLE") or message["table"]
-        if table != MAIN_TABLE or message["dst_len"] != 0:
+    def _route_changed(self, message: rtnetlink.Route) -> None:
+        if message.table != MAIN_TABLE or message.dst_len != 0:
             return
-        oif = message.get_attr("RTA_OIF")
-        if oif is not None and self._relevant_link(oif) is None:
+        if message.oif is not None and self._relevant_link(message.oif) is None:
             return  # through the tunnel or loopback (or a link this namespace never showed)
-        gateway = message.get_attr("RTA_GATEWAY")
-        via = f" via {gateway}" if gateway else ""
-        added = message["header"]["type"] == rtnl.RTM_NEWROUTE
-        family = "IPv6 " if message["family"] == socket.AF_INET6 else ""
-        self._changed(f"{family}default route{via} {'added' if added else 'removed'}")
+        via = f" via {message.gateway}" if message.gateway else ""
+        family = "IPv6 " if message.family == socket.AF_INET6 else ""
+        self._changed(f"{family}default route{via} {'added' if message.added else 'removed'}")
 
     # -- debouncing --------------------------------------------------------------------------
 
@@ -270,9 +262,3 @@ class UplinkWatcher:
             self._on_change(summary)
         except Exception:
             log.exception("the uplink change handler failed")
-
-
-def _dump() -> tuple[Iterable[Any], Iterable[Any]]:
-    """The current links and addresses (blocking netlink calls: run in a thread)."""
-    with IPRoute() as ipr:
-        return list(ipr.get_links()), list(ipr.get_addr())
