@@ -11,18 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
-
-from pyroute2 import IPRoute, NetlinkError
+from typing import TYPE_CHECKING, Protocol
 
 from nordwgd.config import Config
-from nordwgd.connection import Connection
 from nordwgd.errors import FirewallFailed, InvalidArgument, TunnelFailed
 from nordwgd.firewall.apply import Firewall
 from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
 from nordwgd.model import Endpoint, IPAddress, TunnelParams
+from nordwgd.runstate import JOURNAL_NAME
 from nordwgd.states import Blocking, State
 from nordwgd.wireguard import PeerStats, open_backend
+
+if TYPE_CHECKING:
+    # Imported on first use: with pyroute2 behind it, the connection code is most of an idle
+    # daemon's memory, and a disconnected daemon may never need it.
+    from nordwgd.connection import Connection
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ class SystemEngine:
                 # leaves in namespace mode; wireguard-go's control socket stays reachable.
                 kind = "userspace"
             backend = await asyncio.to_thread(open_backend, kind)
+            from nordwgd.connection import Connection
+
             self._connection = Connection(self._config, backend, self._config.paths.runtime_dir)
         return self._connection
 
@@ -164,6 +169,10 @@ class SystemEngine:
         return await self._connection.statistics()
 
     async def recover(self) -> None:
+        journal = self._config.paths.runtime_dir / JOURNAL_NAME
+        if self._connection is None and not await asyncio.to_thread(journal.exists):
+            # Every change is recorded before it is made: without a record nothing is left.
+            return
         try:
             connection = await self._get_connection()
         except TunnelFailed as error:
@@ -178,6 +187,8 @@ class SystemEngine:
 
 def _has_route(addresses: tuple[IPAddress, ...]) -> bool:
     """Whether the kernel has a route to any of ``addresses`` (no route: we are offline)."""
+    from pyroute2 import IPRoute, NetlinkError
+
     with IPRoute() as ipr:
         for address in addresses:
             try:
