@@ -13,8 +13,6 @@ import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from pyroute2 import IPRoute
-
 from nordwgd.errors import InvalidArgument, NordwgdError
 from nordwgd.provider.parse import Insights
 
@@ -73,6 +71,8 @@ async def system_report(*, resolv_conf: Path, wireguard: Mapping[str, object]) -
 
 def _interfaces() -> list[str]:
     """One line per link: name, state, MTU and addresses."""
+    from pyroute2 import IPRoute  # on first use: an idle daemon need not carry it
+
     lines: list[str] = []
     try:
         with IPRoute() as ipr:
