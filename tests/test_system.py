@@ -10,41 +10,29 @@ import json
 import re
 import secrets
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nordwgd.testing.nspawn import Container, boot_container
+from nordwgd.testing.systemworld import (
+    BUS,
+    busctl,
+    connect_and_wait,
+    get_property,
+    kill_main_process,
+    wait_for,
+    wait_restarted,
+)
 
 pytestmark = [pytest.mark.nspawn, pytest.mark.root, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-BUS = ("org.nordwgd.Nordwgd1", "/org/nordwgd/Nordwgd1", "org.nordwgd.Nordwgd1.Manager")
 INSTALLED_UNITS = [
     f"/usr/lib/systemd/system/{unit.name}" for unit in sorted((REPO / "units").glob("nordwgd*"))
 ]
 TIMERS = ("nordwgd-renew.timer", "nordwgd-health.timer")
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll ``check`` until it holds; the timeout only bounds a hang, it is not a measurement."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def busctl(box: Container, *args: str, user: str | None = None, check: bool = True) -> str:
-    argv = ["busctl", "--system", *args]
-    result = box.run_as(user, argv, check=check) if user else box.run(argv, check=check)
-    return result.stdout + result.stderr if not check else result.stdout
-
-
-def get_property(box: Container, name: str) -> str:
-    return busctl(box, "get-property", *BUS, name).strip()
 
 
 @pytest.fixture(scope="module")
@@ -463,35 +451,16 @@ def test_connect_and_disconnect_under_systemd(world_box: tuple[Container, InnerW
     assert world.leaks() == []
 
 
-def connect_and_wait(box: Container) -> None:
-    busctl(box, "call", *BUS, "Connect", "a{sv}", "0")
-    wait_for(
-        "the connection",
-        lambda: get_property(box, "State") in ('s "connected"', 's "error"'),
-        timeout=90,
-    )
-    assert get_property(box, "State") == 's "connected"', box.journal("nordwgd.service")
-
-
 def test_killed_daemon_is_restarted_without_a_leak(world_box: tuple[Container, InnerWorld]) -> None:
     box, world = world_box
     box.run(["systemctl", "start", "nordwgd.service"])
     connect_and_wait(box)
-    restarts = int(box.unit_property("nordwgd.service", "NRestarts"))
-    killed = box.unit_property("nordwgd.service", "MainPID")
-    box.run(["kill", "-KILL", killed])
+    killed, restarts = kill_main_process(box)
     # The kill switch stays in the kernel while no daemon runs.
     assert "table inet nordwgd" in world.host(["nft", "list", "table", "inet", "nordwgd"])
     # What the dead daemon recorded is still there for the next one (RuntimeDirectoryPreserve).
     assert box.run(["ls", "-A", "/run/nordwgd"]).stdout.strip()
-    wait_for(
-        "systemd to restart nordwgd",
-        lambda: (
-            int(box.unit_property("nordwgd.service", "NRestarts")) > restarts
-            and box.unit_property("nordwgd.service", "ActiveState") == "active"
-        ),
-    )
-    assert box.unit_property("nordwgd.service", "MainPID") != killed
+    wait_restarted(box, killed, restarts)
     assert get_property(box, "Blocking") != 's "open"'
     wait_for(
         "the restarted daemon to settle",
