@@ -32,14 +32,16 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-
-import httpx
+from typing import TYPE_CHECKING
 
 from nordwgd import dnsprobe
 from nordwgd.config import HealthConfig
 from nordwgd.model import IPAddress
 from nordwgd.netns_thread import run_in_namespace
 from nordwgd.wireguard import PeerStats
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ DnsProber = Callable[[IPAddress, float], Awaitable[str | None]]
 
 async def http_probe(url: str, timeout: float) -> str | None:  # noqa: ASYNC109 (per request)
     """Fetch ``url``; any HTTP answer means the path works."""
+    import httpx  # on first use (the API client has usually loaded it): idle daemons skip it
+
     try:
         async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
             response = await client.get(url)
@@ -88,6 +92,8 @@ def namespace_probers(namespace: str) -> tuple[Prober, DnsProber]:
 
 def _http_get(url: str, timeout: float) -> str | None:
     """The blocking twin of ``http_probe``, for a thread in another namespace."""
+    import httpx
+
     try:
         with httpx.Client(timeout=timeout, trust_env=False) as client:
             response = client.get(url)

@@ -21,17 +21,16 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
-
-import httpcore
-import httpx
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nordwgd.config import ApiConfig
 from nordwgd.errors import ApiUnavailable, AuthFailed, InvalidArgument, NoServer, UnknownLocation
 from nordwgd.model import Credentials, IPAddress, Secret, Server
 from nordwgd.provider import parse
-from nordwgd.provider.marked import MarkedNetworkBackend
 from nordwgd.provider.parse import Insights
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,12 @@ def _retry_after(value: str | None) -> float | None:
 
 def _url_host(address: IPAddress) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
+
+
+def _load_http_stack() -> None:
+    import httpx  # noqa: F401
+
+    import nordwgd.provider.marked  # noqa: F401
 
 
 def _tls_reason(error: BaseException) -> str | None:
@@ -121,6 +126,14 @@ class NordVpnApi:
     async def _get_client(self) -> httpx.AsyncClient:
         async with self._client_lock:
             if self._client is None:
+                # The HTTP stack (5 MB resident) loads with the first call, off the event loop:
+                # a daemon that is not connecting does not carry it.
+                await asyncio.to_thread(_load_http_stack)
+                import httpcore
+                import httpx
+
+                from nordwgd.provider.marked import MarkedNetworkBackend
+
                 try:
                     # Loading CA files reads the disk: keep it off the event loop.
                     context = await asyncio.to_thread(self._ssl_context)
@@ -163,6 +176,8 @@ class NordVpnApi:
         headers: httpx.Headers,
     ) -> tuple[int, bytes, str | None]:
         """(status, body, Retry-After) from one address, or _Retryable."""
+        import httpx  # loaded by _get_client
+
         api = self._api
         url = f"https://{_url_host(address)}:{api.port}{path}"
         request = client.build_request(
@@ -215,6 +230,8 @@ class NordVpnApi:
     ) -> T:
         api = self._api
         client = await self._get_client()
+        import httpx  # loaded by _get_client
+
         # httpx.Headers redacts Authorization in its repr, so the token stays out of
         # tracebacks that show locals; no plain local ever holds the encoded token.
         headers = httpx.Headers(
