@@ -6,6 +6,10 @@ DHCP/NDP and the pinned API addresses), so no packet leaves between network brin
 start of nordwgd.service, which then replaces the table whole. With lockdown off it does
 nothing.
 
+Lockdown and AllowLan are read as the daemon reads them: the choices stored by SetLockdown and
+SetAllowLan in the state directory win over the config, and a stored file that cannot be read
+counts as Lockdown on.
+
 It never replaces a table that is already there: that one belongs to a running daemon (or to
 one that died, and was left blocking on purpose).
 
@@ -26,6 +30,7 @@ from nordwgd import systemd
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, NordwgdError
 from nordwgd.firewall import Firewall, FirewallPolicy, policy_for_state
+from nordwgd.manager import Settings, load_settings
 
 logger = logging.getLogger("nordwgd.killswitch")
 
@@ -34,15 +39,19 @@ EX_FAILURE = 1
 EX_CONFIG = 78
 
 
-def blocking_policy(config: Config) -> FirewallPolicy | None:
-    """The policy to apply at boot, or None when lockdown is off."""
+def blocking_policy(config: Config, settings: Settings | None = None) -> FirewallPolicy | None:
+    """The policy to apply at boot, or None when lockdown is off.
+
+    ``settings`` are the stored choices (``load_settings``); without them the config decides.
+    """
     network = config.network
-    if not network.lockdown:
+    settings = settings or Settings(network.lockdown, network.allow_lan)
+    if not settings.lockdown:
         return None
     return policy_for_state(
         "error",
         lockdown=True,
-        allow_lan=network.allow_lan,
+        allow_lan=settings.allow_lan,
         lan=network.lan,
         endpoint=None,
         api_addresses=config.api.addresses,
@@ -54,9 +63,11 @@ def blocking_policy(config: Config) -> FirewallPolicy | None:
     )
 
 
-async def engage(config: Config, firewall: Firewall | None = None) -> str:
+async def engage(
+    config: Config, firewall: Firewall | None = None, settings: Settings | None = None
+) -> str:
     """Apply the boot policy if needed; returns what was done (for the log and the status)."""
-    policy = blocking_policy(config)
+    policy = blocking_policy(config, settings)
     if policy is None:
         return "lockdown is off; nothing blocked"
     firewall = firewall or Firewall("auto")
@@ -80,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     systemd.setup_logging(config.log_level)
     try:
-        outcome = asyncio.run(engage(config))
+        outcome = asyncio.run(engage(config, settings=load_settings(config)))
     except NordwgdError as error:
         logger.error("kill switch failed: %s: %s", error.nick, error)
         print(f"nordwgd-killswitch: {error.nick}: {error}", file=sys.stderr)
