@@ -435,15 +435,19 @@ class ProbeLoop:
 
 @contextlib.contextmanager
 def boot_world(
-    *, lockdown: bool, enable: tuple[str, ...] = (KILLSWITCH, DAEMON)
+    *,
+    lockdown: bool,
+    enable: tuple[str, ...] = (KILLSWITCH, DAEMON),
+    files: dict[str, str] | None = None,
 ) -> Iterator[SystemWorld]:
     """Boot a container whose boot builds the test world first; see the module docstring.
 
     ``enable`` names the nordwgd units enabled before boot (the world and the boot probe
-    always are). The config in /etc/nordwgd/nordwgd.toml is the world's, with ``lockdown``.
+    always are). The config in /etc/nordwgd/nordwgd.toml is the world's, with ``lockdown``;
+    its state directory is /var/lib/nordwgd. ``files`` adds files (path -> content).
     """
     units = (WORLD_UNIT, PROBE_UNIT, *enable)
-    with boot_container(files=world_files(lockdown), enable=units) as box:
+    with boot_container(files={**world_files(lockdown), **(files or {})}, enable=units) as box:
         for unit in (WORLD_UNIT, PROBE_UNIT):
             active = box.unit_property(unit, "ActiveState")
             assert active == "active", f"{unit} is {active}:\n{box.journal(unit)}"

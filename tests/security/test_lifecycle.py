@@ -149,6 +149,24 @@ def test_boot_blocks_before_the_daemon_starts(boot: Boot, ledger: ScenarioRecord
     record_leaks(world, ledger)
 
 
+def test_boot_honours_lockdown_set_over_the_bus(ledger: ScenarioRecorder) -> None:
+    """Lockdown switched on with SetLockdown is stored, not written to the config: the early
+    kill switch reads the stored choice as the daemon does, and blocks from boot on."""
+    ledger.fault("boot with Lockdown stored by SetLockdown and lockdown = false in the config")
+    stored = {"/var/lib/nordwgd/settings.json": '{"lockdown": true, "allow_lan": false}\n'}
+    with boot_world(lockdown=False, files=stored) as world:
+        box = world.box
+        probe = world.boot_probe()
+        leaks = world.leaks()
+        assert "lockdown is on" in box.journal(KILLSWITCH)
+        assert probe.table_missing == 0
+        assert probe.http_answers == {} and probe.lan_dns_answered == 0
+        assert get_property(box, "Lockdown") == "b true"
+        assert get_property(box, "Blocking") == 's "blocked"'
+        ledger.leaked(sum(int(leak["packets"]) for leak in leaks))
+        assert leaks == []
+
+
 # --- a. systemctl stop / start --------------------------------------------------------------
 
 
