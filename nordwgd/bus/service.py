@@ -9,13 +9,14 @@ read-only views of ``Manager.properties()``; changes the Manager reports are for
 
 # No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus signatures from the
 # evaluated annotations, and a string "None" return annotation would not mean "no reply body".
+import copy
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any, Concatenate, ParamSpec, Protocol, TypeVar, cast
 
-from dbus_fast import DBusError, Message, MessageType, PropertyAccess, Variant
+from dbus_fast import DBusError, Message, MessageFlag, MessageType, PropertyAccess, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import (
@@ -34,6 +35,7 @@ from nordwgd.bus.convert import (
     CONNECT_KEYS,
     DIAGNOSE_MODES,
     FILTER_KEYS,
+    PROPERTY_SIGNATURES,
     QUIET_PROPERTIES,
     check_string,
     property_value,
@@ -44,6 +46,8 @@ from nordwgd.bus.errors import error_name, internal_error, to_dbus_error
 from nordwgd.bus.polkit import ACTION_CONFIGURE, ACTION_CONTROL, CallerGone
 
 logger = logging.getLogger(__name__)
+
+PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
 
 CountryList = Annotated[list[list[str]], DBusSignature("a(sss)")]
 PairList = Annotated[list[list[str]], DBusSignature("a(ss)")]
@@ -135,6 +139,10 @@ class ManagerInterface(ServiceInterface):
         super().__init__(INTERFACE_NAME)
         self._manager = manager
         self._authorizer = authorizer
+        # The Manager's values last converted, and their D-Bus forms (see ``variants``).
+        self._raw: dict[str, object] | None = None
+        self._values: dict[str, Any] = {}
+        self._variants: dict[str, Variant] = {}
         manager.subscribe(self._forward_changes)
 
     def _forward_changes(self, changed: dict[str, object]) -> None:
@@ -149,8 +157,27 @@ class ManagerInterface(ServiceInterface):
         if values:
             self.emit_properties_changed(values)
 
+    def variants(self) -> dict[str, Variant]:
+        """Every property as a Variant: the ``GetAll`` answer.
+
+        Converted again only when the Manager's values differ from the last call's. Comparing
+        is cheaper than converting, and unlike change notifications it also sees the counters,
+        which change without one.
+        """
+        raw = self._manager.properties()
+        if raw != self._raw:
+            values = {name: property_value(name, raw.get(name)) for name in PROPERTY_SIGNATURES}
+            self._variants = {
+                name: Variant(PROPERTY_SIGNATURES[name], value) for name, value in values.items()
+            }
+            self._values = values
+            # A copy: a Manager may hand out (and later change) its own dictionaries.
+            self._raw = copy.deepcopy(raw)
+        return self._variants
+
     def _property(self, name: str) -> Any:
-        return property_value(name, self._manager.properties().get(name))
+        self.variants()
+        return self._values[name]
 
     async def _authorize(self, action: str) -> None:
         sender = _sender.get()
@@ -368,11 +395,35 @@ def install_signature_guard(bus: MessageBus, interface: ServiceInterface) -> Non
     bus.add_message_handler(guard)
 
 
+def install_get_all(bus: MessageBus, interface: ManagerInterface) -> None:
+    """Answer ``Properties.GetAll`` of the Manager interface from its converted values.
+
+    dbus-fast's own GetAll calls every property getter and wraps each value anew; this is the
+    call clients poll, so it gets the short path.
+    """
+
+    def get_all(msg: Message) -> Message | None:
+        if (
+            msg.member != "GetAll"
+            or msg.interface != PROPERTIES_INTERFACE
+            or msg.path != OBJECT_PATH
+            or msg.message_type is not MessageType.METHOD_CALL
+            or msg.signature != "s"
+            or msg.body[0] != INTERFACE_NAME
+            or msg.flags & MessageFlag.NO_REPLY_EXPECTED
+        ):
+            return None
+        return Message.new_method_return(msg, "a{sv}", [interface.variants()])
+
+    bus.add_message_handler(get_all)
+
+
 def export_manager(
     bus: MessageBus, manager: ManagerFacade, authorizer: AuthorizerLike
 ) -> ManagerInterface:
     """Export the Manager interface at /org/nordwgd/Nordwgd1 (the name is requested later)."""
     interface = ManagerInterface(manager, authorizer)
+    install_get_all(bus, interface)
     install_signature_guard(bus, interface)
     bus.export(OBJECT_PATH, interface)
     return interface
