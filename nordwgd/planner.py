@@ -12,8 +12,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from nordwgd.catalog import Catalog
 from nordwgd.config import Config
@@ -27,6 +28,9 @@ from nordwgd.wgconf import tunnel_params
 log = logging.getLogger(__name__)
 
 OPTION_KEYS = ("country", "city", "group", "server")
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
 
 
 @dataclass(frozen=True)
@@ -168,11 +172,22 @@ class Planner:
         Attempt 0 fetches fresh credentials and candidates; later attempts of the same target
         reuse them. Raises NotLoggedIn, AuthFailed, ApiUnavailable, NoServer, UnknownLocation.
         """
-        if attempt == 0 or self._credentials is None:
+        fetch_credentials = attempt == 0 or self._credentials is None
+        fetch_candidates = attempt == 0 or self._candidates is None or self._candidates[0] != target
+        if fetch_credentials and fetch_candidates:
+            # Two independent API calls: overlap them (the token is checked first, so a
+            # missing login is still reported at once).
+            token = await self._load_token()
+            self._credentials, candidates = await _concurrently(
+                self._api.credentials(token), self._fetch_candidates(target)
+            )
+            self._candidates = (target, candidates)
+        elif fetch_credentials:
             self._credentials = await self._fetch_credentials()
-        if attempt == 0 or self._candidates is None or self._candidates[0] != target:
+        elif fetch_candidates:
             self._candidates = (target, await self._fetch_candidates(target))
         credentials = self._credentials
+        assert credentials is not None and self._candidates is not None
         hard = {name.lower() for name in exclude}
         ranked = select_servers(
             self._candidates[1],
@@ -220,12 +235,15 @@ class Planner:
             self._credentials = await self._fetch_credentials()
 
     async def _fetch_credentials(self) -> Credentials:
+        return await self._api.credentials(await self._load_token())
+
+    async def _load_token(self) -> Secret:
         token = await asyncio.to_thread(self._token)
         if token is None:
             raise NotLoggedIn(
                 "no NordVPN access token: log in with 'nordwgctl login' or set token_file"
             )
-        return await self._api.credentials(token)
+        return token
 
     async def _fetch_candidates(self, target: Target) -> list[list[Server]]:
         lists: list[list[Server]] = []
@@ -270,3 +288,14 @@ class Planner:
                 seen.add(server.hostname)
                 merged.append(server)
         return merged[:limit] if limit > 0 else merged
+
+
+async def _concurrently(first: Awaitable[_A], second: Awaitable[_B]) -> tuple[_A, _B]:
+    """Both results; the first failure is raised as it is and the other call is cancelled."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()  # nothing for a finished task
+    return tasks[0].result(), tasks[1].result()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from ipaddress import ip_address
@@ -235,6 +238,53 @@ async def test_refused_token_is_auth_failed(api: NordVpnApi, catalog: Catalog) -
     planner = make_planner(api, catalog, Token("0" * 64))
     with pytest.raises(errors.AuthFailed):
         await planner.plan(Target(), 0, frozenset())
+
+
+def saw_request(fake: FakeApi, path: str, within: float = 10.0) -> bool:
+    """Whether the fake API sees a request for ``path`` within ``within`` seconds (blocks)."""
+    deadline = time.monotonic() + within
+    while not any(seen == path for _, seen, _, _ in fake.requests):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def test_credentials_and_servers_are_asked_for_together(
+    planner: Planner, fake: FakeApi
+) -> None:
+    credentials = "/v1/users/services/credentials"
+    fake.set_fault("hang", paths=credentials)
+    attempt = asyncio.create_task(planner.plan(planner.resolve({"country": "DE"}), 0, frozenset()))
+    try:
+        # While the credentials call hangs, the server list is asked for all the same.
+        assert await asyncio.to_thread(saw_request, fake, "/v1/servers/recommendations")
+        assert any(path == credentials for _, path, _, _ in fake.requests)
+        assert not attempt.done()
+    finally:
+        attempt.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await attempt
+
+
+async def test_a_failed_credentials_call_fails_the_plan_while_servers_answer(
+    planner: Planner, fake: FakeApi
+) -> None:
+    fake.set_fault("500", paths="/v1/users/services/credentials")
+    with pytest.raises(errors.ApiUnavailable, match="credentials"):
+        await planner.plan(planner.resolve({"country": "DE"}), 0, frozenset())
+
+
+async def test_a_failed_server_list_fails_the_plan_while_credentials_answer(
+    planner: Planner, fake: FakeApi
+) -> None:
+    fake.set_fault("garbage", paths="/v1/servers/recommendations")
+    with pytest.raises(errors.ApiUnavailable, match="recommendations"):
+        await planner.plan(planner.resolve({"country": "DE"}), 0, frozenset())
+    # The next attempt series asks again and succeeds.
+    fake.set_fault(None)
+    params = await planner.plan(planner.resolve({"country": "DE"}), 0, frozenset())
+    assert params.server is not None
 
 
 @pytest.mark.parametrize(
