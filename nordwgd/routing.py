@@ -31,6 +31,7 @@ Netlink calls block, so they run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -123,26 +124,46 @@ async def cleanup_by_name(network: NetworkConfig) -> None:
 
 
 def _apply_steps(journal: Journal, steps: Sequence[Step]) -> None:
-    with IPRoute() as ipr:
-        for step in steps:
-            if step["step"] == "sysctl":
-                old = read_sysctl(step["key"])
-                if old == step["value"] or (step["key"] == ARP_IGNORE and old != "0"):
-                    continue  # already set, or (arp_ignore) already at least as strict
-                recorded = {"step": "sysctl", "key": step["key"], "old": old}
-                journal.record(recorded)
-                log.info("[#] sysctl %s=%s (was %s)", step["key"], step["value"], old)
-                _write_sysctl_or_fail(step["key"], step["value"])
-                continue
-            journal.record(step)
-            log.info("[#] %s", describe(step))
-            try:
-                if step["step"] == "route":
-                    ipr.route("add", **_route_args(ipr, step))
-                else:
-                    ipr.rule("add", **_rule_args(step))
-            except NetlinkError as exc:
-                raise RoutingFailed(f"cannot add {describe(step)}: {exc}") from exc
+    changes: list[tuple[Step, Step]] = []  # (what is recorded, what is done)
+    for step in steps:
+        if step["step"] == "sysctl":
+            old = read_sysctl(step["key"])
+            if old == step["value"] or (step["key"] == ARP_IGNORE and old != "0"):
+                continue  # already set, or (arp_ignore) already at least as strict
+            changes.append(({"step": "sysctl", "key": step["key"], "old": old}, step))
+        else:
+            changes.append((step, step))
+    # One write records every change before any is made: undoing a route or rule that is not
+    # there is no error, and restoring a sysctl that was not changed writes its own value.
+    journal.record_all([recorded for recorded, _ in changes])
+    attempted = 0
+    try:
+        with IPRoute() as ipr:
+            for recorded, step in changes:
+                attempted += 1
+                _make(ipr, recorded, step)
+    except BaseException:
+        # The record keeps exactly what was attempted, the failed change included (a step
+        # left over by a failed write is harmless: its undo finds nothing to do).
+        with contextlib.suppress(OSError):
+            for recorded, _ in reversed(changes[attempted:]):
+                journal.forget(recorded)
+        raise
+
+
+def _make(ipr: IPRoute, recorded: Step, step: Step) -> None:
+    if step["step"] == "sysctl":
+        log.info("[#] sysctl %s=%s (was %s)", step["key"], step["value"], recorded["old"])
+        _write_sysctl_or_fail(step["key"], step["value"])
+        return
+    log.info("[#] %s", describe(step))
+    try:
+        if step["step"] == "route":
+            ipr.route("add", **_route_args(ipr, step))
+        else:
+            ipr.rule("add", **_rule_args(step))
+    except NetlinkError as exc:
+        raise RoutingFailed(f"cannot add {describe(step)}: {exc}") from exc
 
 
 def _undo_step(step: Step) -> None:

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,15 @@ class Journal:
 
     def record(self, step: Step) -> None:
         """Append a step and persist it before the caller makes the change."""
-        self.steps.append(dict(step))
+        self.record_all([step])
+
+    def record_all(self, steps: Sequence[Step]) -> None:
+        """Append several steps with one write, before the caller makes any of the changes.
+
+        For changes whose undo tolerates an object that is not there; a caller that stops
+        part way ``forget``s the steps it never attempted.
+        """
+        self.steps.extend(dict(step) for step in steps)
         self._write()
 
     def forget(self, step: Step) -> None:

@@ -50,6 +50,7 @@ from ipaddress import ip_network
 from pathlib import Path
 from nordwgd import routing
 from nordwgd.config import NetworkConfig
+from nordwgd.errors import RoutingFailed
 from nordwgd.runstate import Journal
 
 args = json.loads(sys.argv[1])
@@ -64,6 +65,12 @@ async def main():
             await routing.undo(step)
     elif args["op"] == "cleanup":
         await routing.cleanup_by_name(network)
+    elif args["op"] == "apply-failing":
+        journal = Journal(runtime)
+        try:
+            await routing.apply(journal, network, args["ifname"], ipv6=args["ipv6"])
+        except RoutingFailed as error:
+            print(json.dumps({"error": error.message, "steps": Journal.load(runtime).steps}))
 
 asyncio.run(main())
 """
@@ -92,10 +99,10 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def child(ns: str, runtime: Path, op: str, *, ipv6: bool = False) -> None:
-    args = {"op": op, "runtime": str(runtime), "ifname": "tun0", "ipv6": ipv6,
+def child(ns: str, runtime: Path, op: str, *, ipv6: bool = False, ifname: str = "tun0") -> str:
+    args = {"op": op, "runtime": str(runtime), "ifname": ifname, "ipv6": ipv6,
             "lan": ["192.168.1.0/24", "fd12::/64"]}
-    run("ip", "netns", "exec", ns, PYTHON, "-c", CHILD, json.dumps(args))
+    return run("ip", "netns", "exec", ns, PYTHON, "-c", CHILD, json.dumps(args))
 
 
 def snapshot(ns: str) -> dict[str, str]:
@@ -146,3 +153,18 @@ def test_cleanup_by_name_removes_only_what_a_tunnel_would_have_added(
     before.pop("mark")
     assert after == before
     assert "lookup 100" in after["rules4"]
+
+
+@pytest.mark.root
+def test_a_failed_change_leaves_exactly_the_attempted_steps_recorded(
+        netns: str, tmp_path: Path) -> None:
+    before = snapshot(netns)
+    # The default route needs the tunnel link: without it, the second change fails.
+    outcome = json.loads(child(netns, tmp_path, "apply-failing", ifname="gone0"))
+    assert "gone0" in outcome["error"]
+    assert [(s["step"], s.get("type")) for s in outcome["steps"]] == [
+        ("route", "throw"),
+        ("route", "unicast"),
+    ]
+    child(netns, tmp_path, "undo")
+    assert snapshot(netns) == before
