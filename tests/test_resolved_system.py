@@ -1,14 +1,17 @@
-"""nordwgd's DNS through the real systemd-resolved, in a throw-away nspawn container.
+"""nordwgd's DNS through the real systemd-resolved, in throw-away nspawn containers.
 
 systemd-resolved is never installed on this machine (its package turns /etc/resolv.conf into a
-link to a stub nobody runs here). The test downloads the package matching the installed systemd
-into ``.cache/debs/`` and installs it inside a container only, whose root is a tmpfs overlay.
+link to a stub nobody runs here). The tests download the package matching the installed systemd
+into ``.cache/debs/`` and ``dpkg -i`` it inside a container only: the container's root is an
+overlay of this machine's with its writable layer on a tmpfs, so the cached file is already
+there and the installation vanishes with the container.
 
-Inside, a veth pair stands in for the tunnel: ``tun`` in the container's network namespace, its
-peer in a namespace ``far`` that runs a DNS server at the tunnel resolver's address. The code
-under test runs in ``tests/resolved_driver.py`` (one process per step, so a killed process and
-its successor are real). A last test brings a whole Connection up with wireguard-go.
-"""
+First, nordwgd.dns and Connection driven directly (``tests/resolved_driver.py``, one process
+per step, so a killed process and its successor are real processes). A veth pair stands in for
+the tunnel: one end in the container's network namespace, the other in a namespace running a
+DNS server at the tunnel resolver's address; a second pair is the uplink with its own resolver.
+Then the installed daemon under systemd in the test world, with resolved in the world's host
+namespace beside it."""
 
 from __future__ import annotations
 
@@ -28,19 +31,34 @@ from typing import Any
 import pytest
 
 from nordwgd.testing.nspawn import Container, boot_container
+from nordwgd.testing.systemworld import (
+    BUS,
+    DAEMON,
+    IN_WORLD_DROPIN,
+    KILLSWITCH,
+    WORLD_DIR,
+    SystemWorld,
+    boot_world,
+    busctl,
+    connect_and_wait,
+    get_property,
+    kill_main_process,
+    wait_for_connected,
+    wait_restarted,
+)
+from nordwgd.testing.world import TUNNEL_DNS as TUNNEL_WORLD_DNS
 
 pytestmark = [pytest.mark.nspawn, pytest.mark.root, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 DEB_CACHE = REPO / ".cache" / "debs"
-DEB_IN_CONTAINER = "/var/tmp/systemd-resolved.deb"
 DRIVER = str(REPO / "tests" / "resolved_driver.py")
 PYTHON = sys.executable
 RESOLVE1 = ("org.freedesktop.resolve1", "/org/freedesktop/resolve1",
             "org.freedesktop.resolve1.Manager")  # fmt: skip
 
 TUNNEL_DNS = "198.18.53.1"  # answers, in the far namespace
-SECOND_DNS = "fd53::1"  # an IPv6 resolver, to check both address families reach resolved
+SECOND_DNS = "fd53::1"  # silent; checks that IPv6 resolver addresses reach resolved too
 TUNNEL_ADDRESS = "198.18.53.2"
 PROBE_NAME = "probe.example"
 PROBE_ANSWER = "192.0.2.77"  # the tunnel resolver's answer
@@ -131,9 +149,9 @@ def read_line(process: subprocess.Popen[str], timeout: float = 60.0) -> str:
 @pytest.fixture(scope="module")
 def box() -> Iterator[Container]:
     deb = systemd_resolved_deb()
-    with boot_container(install=False, files={DEB_IN_CONTAINER: deb.read_bytes()}) as container:
+    with boot_container(install=False) as container:
         # The image's policy-rc.d keeps dpkg from starting the service; we start it ourselves.
-        container.run(["dpkg", "-i", DEB_IN_CONTAINER], timeout=180)
+        container.run(["dpkg", "-i", str(deb)], timeout=180)
         container.run(["systemctl", "start", "systemd-resolved.service"])
         assert container.unit_property("systemd-resolved.service", "ActiveState") == "active"
         yield container
@@ -170,10 +188,7 @@ ip -n {far} link set {peer} up
 @pytest.fixture(scope="module")
 def tunnel(box: Container) -> Link:
     """Stands in for the WireGuard link; its peer runs the tunnel resolver."""
-    link = veth_to_dns_server(box, "tun", TUNNEL_ADDRESS, TUNNEL_DNS, PROBE_ANSWER)
-    # A second, IPv6 resolver (silent) checks that both address families reach resolved.
-    box.run(["ip", "address", "add", "fd53::2/64", "dev", link.name, "nodad"])
-    return link
+    return veth_to_dns_server(box, "tun", TUNNEL_ADDRESS, TUNNEL_DNS, PROBE_ANSWER)
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +221,18 @@ def kill_inside(box: Container, pid: int) -> None:
              lambda: box.run(["kill", "-0", str(pid)], check=False).returncode != 0)  # fmt: skip
 
 
-def link_settings(box: Container, ifname: str) -> dict[str, Any]:
+def inside(netns: str | None, argv: list[str]) -> list[str]:
+    """``argv`` run in network namespace ``netns`` (None: the container's own)."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
+def ifindex_of(box: Container, ifname: str, netns: str | None = None) -> str:
+    return box.run(inside(netns, ["cat", f"/sys/class/net/{ifname}/ifindex"])).stdout.strip()
+
+
+def link_settings(box: Container, ifname: str, netns: str | None = None) -> dict[str, Any]:
     """resolved's per-link properties DNS, Domains and DefaultRoute, as busctl's JSON."""
-    ifindex = box.run(["cat", f"/sys/class/net/{ifname}/ifindex"]).stdout.strip()
+    ifindex = ifindex_of(box, ifname, netns)
     reply = box.run(["busctl", "--system", "--json=short", "call", *RESOLVE1, "GetLink", "i",
                      ifindex]).stdout  # fmt: skip
     path = json.loads(reply)["data"][0]
@@ -220,21 +244,33 @@ def link_settings(box: Container, ifname: str) -> dict[str, Any]:
     return settings
 
 
-def resolvectl(box: Container, *args: str) -> str:
-    return box.run(["resolvectl", "--no-pager", *args]).stdout.strip()
+def resolved_knows(box: Container, ifindex: str) -> bool:
+    """Whether resolved has link ``ifindex`` (False once the link is deleted)."""
+    result = box.run(["busctl", "--system", "call", *RESOLVE1, "GetLink", "i", ifindex],
+                     check=False)  # fmt: skip
+    if result.returncode == 0:
+        return True
+    assert f"Link {ifindex} not known" in result.stderr, result.stderr
+    return False
 
 
-def resolvectl_servers(box: Container, ifname: str) -> list[str]:
+def resolvectl(box: Container, *args: str, netns: str | None = None) -> str:
+    # resolvectl maps link names to indexes in its own network namespace.
+    return box.run(inside(netns, ["resolvectl", "--no-pager", *args])).stdout.strip()
+
+
+def resolvectl_servers(box: Container, ifname: str, netns: str | None = None) -> list[str]:
     # "Link 3 (tun0a1b2c): 198.18.53.1 fd53::1"
-    line = resolvectl(box, "dns", ifname)
+    line = resolvectl(box, "dns", ifname, netns=netns)
     return line.split(":", 1)[1].split() if ":" in line else []
 
 
-def assert_applied(box: Container, ifname: str, servers: list[str]) -> None:
-    assert resolvectl_servers(box, ifname) == servers
-    assert resolvectl(box, "domain", ifname).endswith(f"({ifname}): ~.")
-    assert resolvectl(box, "default-route", ifname).endswith(f"({ifname}): yes")
-    settings = link_settings(box, ifname)
+def assert_applied(box: Container, ifname: str, servers: list[str],
+                   netns: str | None = None) -> None:
+    assert resolvectl_servers(box, ifname, netns) == servers
+    assert resolvectl(box, "domain", ifname, netns=netns).endswith(f"({ifname}): ~.")
+    assert resolvectl(box, "default-route", ifname, netns=netns).endswith(f"({ifname}): yes")
+    settings = link_settings(box, ifname, netns)
     families = {4: 2, 6: 10}  # AF_INET, AF_INET6 as resolved reports them
     expected = [[families[6 if ":" in server else 4], list(_packed(server))] for server in servers]
     assert settings["DNS"] == expected
@@ -261,10 +297,10 @@ def queries(box: Container, link: Link) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def lookup(box: Container) -> tuple[str, str]:
-    """(address, link) of resolved's answer for PROBE_NAME, bypassing its cache."""
-    answer = resolvectl(box, "query", "--cache=no", "--legend=no", PROBE_NAME)
-    found = re.search(rf"^{re.escape(PROBE_NAME)}: (\S+)\s+-- link: (\S+)$", answer, re.M)
+def lookup(box: Container, name: str = PROBE_NAME, netns: str | None = None) -> tuple[str, str]:
+    """(address, link) of resolved's answer for ``name``, bypassing its cache."""
+    answer = resolvectl(box, "query", "--cache=no", "--legend=no", name, netns=netns)
+    found = re.search(rf"^{re.escape(name)}: (\S+)\s+-- link: (\S+)$", answer, re.M)
     assert found is not None, answer
     return found[1], found[2]
 
@@ -321,6 +357,26 @@ def test_settings_of_a_killed_process_are_reverted_by_the_next(
     assert_reverted(box, tunnel.name)
 
 
+def test_recovery_after_the_link_is_gone(box: Container) -> None:
+    """resolved forgets a deleted link; reverting it then is not an error (NoSuchLink)."""
+    runtime = f"/run/nordwgd-test-{secrets.token_hex(3)}"
+    link = f"gone{secrets.token_hex(3)}"
+    box.run(["ip", "link", "add", link, "type", "veth", "peer", "name", f"p{link}"])
+    box.run(["ip", "address", "add", "198.18.73.2/24", "dev", link])
+    box.run(["ip", "link", "set", link, "up"])
+    process, applied = hold(box, "apply", "--runtime-dir", runtime, "--link", link,
+                            "--server", TUNNEL_DNS)  # fmt: skip
+    assert_applied(box, link, [TUNNEL_DNS])
+    kill_inside(box, applied["pid"])
+    process.wait(timeout=10)
+    box.run(["ip", "link", "delete", link])
+    wait_for("resolved to drop the link", lambda: not resolved_knows(box, str(applied["ifindex"])))
+
+    recovered = driver(box, "recover", "--runtime-dir", runtime,
+                       "--interface", f"nx{secrets.token_hex(3)}")  # fmt: skip
+    assert recovered["left"] == []
+
+
 def test_connection_over_wireguard_go_uses_resolved(box: Container) -> None:
     """A whole Connection: a userspace WireGuard link gets the DNS; a successor recovers."""
     runtime = f"/run/nordwgd-test-{secrets.token_hex(3)}"
@@ -341,9 +397,7 @@ def test_connection_over_wireguard_go_uses_resolved(box: Container) -> None:
     recovered = driver(box, "recover", "--runtime-dir", runtime, "--interface", interface)
     assert recovered["left"] == []
     assert box.run(["ip", "link", "show", interface], check=False).returncode != 0
-    links = box.run(["busctl", "--system", "--json=short", "call", *RESOLVE1, "GetLink", "i",
-                     str(up["ifindex"])], check=False)  # fmt: skip
-    assert links.returncode != 0  # resolved no longer knows the link
+    assert not resolved_knows(box, str(up["ifindex"]))
 
 
 def test_the_uplink_resolver_is_not_asked_while_the_tunnel_dns_is_set(
@@ -369,3 +423,94 @@ def test_the_uplink_resolver_is_not_asked_while_the_tunnel_dns_is_set(
         assert lookup(box) == (LAN_ANSWER, lan.name)
     finally:
         box.run(["resolvectl", "revert", lan.name])
+
+
+# --- the installed daemon under systemd, with resolved beside it -----------------------------
+
+# resolved runs in the world's host namespace too, as it would on the machine nordwgd runs on.
+# LLMNR and mDNS are off: their multicast chatter on the uplink is resolved's, not nordwgd's.
+RESOLVED_FILES = {
+    "/etc/systemd/system/systemd-resolved.service.d/50-test-world.conf": IN_WORLD_DROPIN,
+    "/etc/systemd/resolved.conf.d/50-test.conf": "[Resolve]\nLLMNR=no\nMulticastDNS=no\n",
+}
+
+
+@pytest.fixture
+def world() -> Iterator[SystemWorld]:
+    """A booted world with systemd-resolved running, nordwgd.service not yet started.
+
+    The uplink has the LAN resolver as its link DNS, as DHCP would have set it.
+    """
+    deb = systemd_resolved_deb()
+    with boot_world(lockdown=False, enable=(KILLSWITCH,), files=RESOLVED_FILES) as world:
+        box = world.box
+        box.run(["dpkg", "-i", str(deb)], timeout=180)
+        box.run(["systemctl", "start", "systemd-resolved.service"])
+        world.host(["resolvectl", "dns", "eth0", world.info["lan_dns"]])
+        try:
+            yield world
+        finally:
+            box.run(["systemctl", "stop", DAEMON], check=False)
+
+
+def world_queries(world: SystemWorld, name: str) -> list[dict[str, Any]]:
+    text = world.box.run(["cat", f"{WORLD_DIR}/dns.log"], check=False).stdout
+    entries = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [entry for entry in entries if entry.get("name") == name]
+
+
+def test_daemon_points_resolved_at_the_tunnel_and_back(world: SystemWorld) -> None:
+    box, host = world.box, world.host_ns
+    web, interface = world.info["web"], world.info["interface"]
+    # Disconnected: names go to the uplink's resolver.
+    assert lookup(box, "web.test", host) == (web, "eth0")
+    assert {entry["server"] for entry in world_queries(world, "web.test")} == {
+        world.info["lan_dns"]
+    }
+
+    box.run(["systemctl", "start", DAEMON])
+    world.reset_leaks()
+    connect_and_wait(box)
+    # The hardened unit may change resolved's settings.
+    assert_applied(box, interface, [TUNNEL_WORLD_DNS], host)
+    ifindex = ifindex_of(box, interface, host)
+
+    before = len(world_queries(world, "web.test"))
+    assert lookup(box, "web.test", host) == (web, interface)
+    asked = world_queries(world, "web.test")[before:]
+    # Through the tunnel: the tunnel resolver saw a VPN server's address.
+    assert asked, box.journal("systemd-resolved.service")
+    assert {entry["server"] for entry in asked} == {TUNNEL_WORLD_DNS}
+    assert {entry["client"] for entry in asked} <= world.stations, asked
+    assert world.leaks() == []
+
+    busctl(box, "call", *BUS, "Disconnect")
+    wait_for("the disconnect", lambda: get_property(box, "State") == 's "disconnected"')
+    assert not resolved_knows(box, ifindex)  # the tunnel and resolved's settings for it are gone
+    assert lookup(box, "web.test", host) == (web, "eth0")
+    box.run(["systemctl", "stop", DAEMON])
+    assert box.unit_property(DAEMON, "Result") == "success"
+
+
+def test_killed_daemon_restarts_and_points_resolved_at_the_new_tunnel(
+    world: SystemWorld,
+) -> None:
+    box, host = world.box, world.host_ns
+    interface = world.info["interface"]
+    box.run(["systemctl", "start", DAEMON])
+    connect_and_wait(box)
+    first = ifindex_of(box, interface, host)
+    killed, restarts = kill_main_process(box)
+    wait_restarted(box, killed, restarts)
+    # The successor reverted the dead process's DNS step (its link went with the old process's
+    # wireguard-go: resolved answers NoSuchLink, which is not an error) and reconnected.
+    wait_for_connected(box)
+    journal = box.journal(DAEMON, lines=400)
+    assert f"resolvectl revert {interface}" in journal, journal
+    assert "cannot undo dns" not in journal, journal
+    second = ifindex_of(box, interface, host)
+    assert second != first
+    assert_applied(box, interface, [TUNNEL_WORLD_DNS], host)
+    assert lookup(box, "web.test", host) == (world.info["web"], interface)
+    busctl(box, "call", *BUS, "Disconnect")
+    wait_for("the disconnect", lambda: get_property(box, "State") == 's "disconnected"')
