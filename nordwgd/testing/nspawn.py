@@ -239,6 +239,24 @@ def _find_leader(nspawn: subprocess.Popen[bytes], timeout: float) -> int:
     raise ContainerError("the container's systemd did not appear")
 
 
+# Only compared with, never written to.
+_PRIVATE_TMP_DIRS = (Path("/tmp"), Path("/var/tmp"))  # noqa: S108
+
+
+def _stage_worktree_dropins(staging: Path) -> None:
+    """Let hardened units see a working tree that lies under a temporary directory.
+
+    Units with PrivateTmp= get a fresh /tmp, which hides a checkout (and its .venv) there;
+    binding it read-only on top keeps the rest of the hardening as it ships.
+    """
+    if not any(REPO_ROOT.is_relative_to(directory) for directory in _PRIVATE_TMP_DIRS):
+        return
+    for unit in sorted((REPO_ROOT / "units").glob("*.service")):
+        dropin = staging / "etc/systemd/system" / f"{unit.name}.d" / "50-worktree.conf"
+        dropin.parent.mkdir(parents=True, exist_ok=True)
+        dropin.write_text(f"[Service]\nBindReadOnlyPaths={REPO_ROOT}\n")
+
+
 def _prepare_script(
     base: Path,
     staging: Path,
@@ -305,6 +323,8 @@ def boot_container(
     container: Container | None = None
     nspawn: subprocess.Popen[bytes] | None = None
     try:
+        if python is not None:
+            _stage_worktree_dropins(staging)
         for path, content in (files or {}).items():
             target = staging / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +342,9 @@ def boot_container(
             "--keep-unit",
             "--private-network",
             "--bind=/dev/net/tun",
+            # The working tree (and its .venv) at the same path: the overlay alone hides it when
+            # it lies under /tmp, where nspawn mounts a fresh tmpfs.
+            f"--bind-ro={REPO_ROOT}",
             "--console=read-only",
             "systemd.unit=multi-user.target",
         ]
