@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,82 +27,14 @@ from nordwgd import errors
 from nordwgd.bus import INTERFACE_NAME, OBJECT_PATH
 from nordwgd.bus.polkit import Authorizer
 from nordwgd.bus.service import ServiceBus, export_manager
+from nordwgd.testing.privatebus import PrivateBus, start_bus
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 BUS_NAME = "org.nordwgd.Nordwgd1"
 
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
-
-
-@dataclass
-class PrivateBus:
-    address: str
-    directory: Path
-    process: subprocess.Popen[str]
-
-    def name_has_owner(self, name: str = BUS_NAME) -> bool:
-        result = subprocess.run(
-            [
-                "busctl",
-                f"--address={self.address}",
-                "call",
-                "org.freedesktop.DBus",
-                "/org/freedesktop/DBus",
-                "org.freedesktop.DBus",
-                "NameHasOwner",
-                "s",
-                name,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        return result.stdout.strip() == "b true"
-
-
 def _start_bus() -> PrivateBus:
-    directory = Path(tempfile.mkdtemp(prefix="nordwgd-bus-"))
-    # World-traversable so that a client running as nobody reaches the socket.
-    directory.chmod(0o755)
-    socket = directory / "bus.sock"
-    config = directory / "bus.conf"
-    config.write_text(_BUS_CONFIG.format(socket=socket))
-    process = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    address = process.stdout.readline().strip()
-    if not address:
-        process.kill()
-        _, err = process.communicate(timeout=10)
-        shutil.rmtree(directory, ignore_errors=True)
-        raise RuntimeError(f"dbus-daemon did not start: {err.strip()}")
-    socket.chmod(0o777)
-    return PrivateBus(address=address, directory=directory, process=process)
+    return start_bus()
 
 
 def _stop_process(process: subprocess.Popen[str], timeout: float = 20.0) -> None:
@@ -125,8 +55,7 @@ def private_bus() -> Iterator[PrivateBus]:
     try:
         yield bus
     finally:
-        _stop_process(bus.process, 10)
-        shutil.rmtree(bus.directory, ignore_errors=True)
+        bus.stop()
 
 
 @dataclass
@@ -442,8 +371,7 @@ def module_bus() -> Iterator[PrivateBus]:
     try:
         yield bus
     finally:
-        _stop_process(bus.process, 10)
-        shutil.rmtree(bus.directory, ignore_errors=True)
+        bus.stop()
 
 
 @pytest.fixture(scope="module")

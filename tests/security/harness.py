@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -568,8 +567,7 @@ def build_stack(directory: Path, **config: Any) -> Iterator[Stack]:
         if daemon is not None:
             daemon.terminate()
         if bus is not None:
-            _stop_process(bus.process, 10)
-            shutil.rmtree(bus.directory, ignore_errors=True)
+            bus.stop()
         world.close()
 
 
