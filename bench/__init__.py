@@ -9,13 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from nordwgd.bus.convert import plain
+from nordwgd.testing import privatebus
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -33,30 +32,6 @@ BUS_NAME = "org.nordwgd.Nordwgd1"
 OBJECT_PATH = "/org/nordwgd/Nordwgd1"
 MANAGER = "org.nordwgd.Nordwgd1.Manager"
 PROPERTIES = "org.freedesktop.DBus.Properties"
-
-_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <limit name="max_connections_per_user">1000</limit>
-  <limit name="max_match_rules_per_connection">1000</limit>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
-
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
@@ -89,25 +64,9 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 20.0) -> None:
 
 @contextlib.contextmanager
 def private_bus() -> Iterator[str]:
-    """A throw-away system-type dbus-daemon; yields its address."""
-    directory = Path(tempfile.mkdtemp(prefix="nordwgd-bench-bus-"))
-    config = directory / "bus.conf"
-    config.write_text(_BUS_CONFIG.format(socket=directory / "bus.sock"))
-    process = subprocess.Popen(
-        ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
-        if not address:
-            raise RuntimeError("dbus-daemon did not start")
-        yield address
-    finally:
-        stop_process(process, 10)
-        shutil.rmtree(directory, ignore_errors=True)
+    """A throw-away system-type dbus-daemon for many clients; yields its address."""
+    with privatebus.private_bus(many_clients=True) as bus:
+        yield bus.address
 
 
 @dataclass

@@ -26,7 +26,7 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
   <type>system</type>
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
+{limits}  <policy context="default">
     <allow user="*"/>
     <allow own="*"/>
     <allow send_type="method_call"/>
@@ -39,6 +39,11 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
     <allow receive_type="signal"/>
   </policy>
 </busconfig>
+"""
+
+
+_MANY_CLIENTS = """  <limit name="max_connections_per_user">1000</limit>
+  <limit name="max_match_rules_per_connection">1000</limit>
 """
 
 
@@ -92,11 +97,14 @@ class PrivateBus:
                     path.unlink()
 
 
-def start_bus(directory: Path | None = None, *, own_session: bool = False) -> PrivateBus:
+def start_bus(
+    directory: Path | None = None, *, own_session: bool = False, many_clients: bool = False
+) -> PrivateBus:
     """Start dbus-daemon listening on ``directory``/bus.sock (a fresh /tmp directory if None).
 
     ``own_session`` starts it in a new session, so a Ctrl-C at the terminal does not stop it
-    before its clients are done with it.
+    before its clients are done with it. ``many_clients`` lifts the per-user connection and
+    match-rule limits (benchmarks connect hundreds of clients as one user).
     """
     owns_directory = directory is None
     if directory is None:
@@ -106,7 +114,8 @@ def start_bus(directory: Path | None = None, *, own_session: bool = False) -> Pr
     directory.chmod(0o755)
     socket = directory / "bus.sock"
     config = directory / "bus.conf"
-    config.write_text(_BUS_CONFIG.format(socket=socket))
+    limits = _MANY_CLIENTS if many_clients else ""
+    config.write_text(_BUS_CONFIG.format(socket=socket, limits=limits))
     process = subprocess.Popen(
         ["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
         stdin=subprocess.DEVNULL,
@@ -138,9 +147,9 @@ def start_bus(directory: Path | None = None, *, own_session: bool = False) -> Pr
 
 @contextlib.contextmanager
 def private_bus(
-    directory: Path | None = None, *, own_session: bool = False
+    directory: Path | None = None, *, own_session: bool = False, many_clients: bool = False
 ) -> Iterator[PrivateBus]:
-    bus = start_bus(directory, own_session=own_session)
+    bus = start_bus(directory, own_session=own_session, many_clients=many_clients)
     try:
         yield bus
     finally:
