@@ -260,13 +260,28 @@ class Planner:
             if not lists and pin_error is not None:
                 raise pin_error
             return lists
-        places = target.places or (None,)
-        for place in places:
+        recommended = await self._recommendations(target.places, target.group)
+        if target.group is not None and not any(s.usable for r in recommended for s in r):
+            # Some groups (Double VPN, Onion) have no NordLynx server at all: like the official
+            # client, take the recommended servers of the same places instead of failing.
+            log.warning(
+                "no NordLynx server in group %s for %s; using the recommended servers",
+                target.group,
+                target.describe(),
+            )
+            recommended = await self._recommendations(target.places, None)
+        return lists + recommended
+
+    async def _recommendations(
+        self, places: tuple[Place, ...], group: str | None
+    ) -> list[list[Server]]:
+        lists: list[list[Server]] = []
+        for place in places or (None,):
             lists.append(
                 await self._api.recommendations(
                     country_id=place.country_id if place else None,
                     city_id=place.city_id if place else None,
-                    group=target.group,
+                    group=group,
                     limit=RECOMMENDATIONS_LIMIT,
                 )
             )

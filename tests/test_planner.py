@@ -222,9 +222,25 @@ async def test_unknown_pinned_server(planner: Planner) -> None:
         await planner.plan(planner.resolve({"server": "de9999"}), 0, frozenset())
 
 
-async def test_group_without_nordlynx_is_no_server(planner: Planner) -> None:
+async def test_group_without_nordlynx_falls_back_to_the_recommended_servers(
+    planner: Planner, fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = planner.resolve({"group": "Double VPN", "country": "DE"})
+    params = await planner.plan(target, 0, frozenset())
+    assert params.server is not None
+    assert params.server.country_code == "DE"
+    assert "legacy_double_vpn" not in params.server.groups
+    assert params.server.usable
+    assert "no NordLynx server in group legacy_double_vpn" in caplog.text
+
+
+async def test_group_fallback_with_every_server_excluded_is_no_server(
+    planner: Planner, fleet: Fleet
+) -> None:
+    target = planner.resolve({"group": "Double VPN", "country": "DE"})
+    german = frozenset(spec.hostname for spec in fleet.servers if spec.country_code == "DE")
     with pytest.raises(errors.NoServer):
-        await planner.plan(planner.resolve({"group": "Double VPN"}), 0, frozenset())
+        await planner.plan(target, 0, german)
 
 
 async def test_no_token_is_not_logged_in(api: NordVpnApi, catalog: Catalog, fake: FakeApi) -> None:
