@@ -12,14 +12,14 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from dbus_fast import BusType, DBusError, Message, MessageType, NameFlag, RequestNameReply
 
 from nordwgd import __version__, systemd
-from nordwgd.bus import BUS_NAME, OBJECT_PATH
+from nordwgd.bus import BUS_NAME
 from nordwgd.bus.polkit import Authorizer
 from nordwgd.bus.service import ManagerFacade, ServiceBus, export_manager
 from nordwgd.bus.sleep import SleepWatcher
@@ -73,6 +73,29 @@ def keep_blocking_on_stop(properties: dict[str, object]) -> bool:
     state stopping (a restart, an upgrade, a crash loop) must not open a leak.
     """
     return bool(properties.get("Lockdown")) or properties.get("State") != "disconnected"
+
+
+def status_line(properties: Mapping[str, object]) -> str:
+    """One line for `systemctl status`: the state, the server, and what the firewall does."""
+    state = str(properties.get("State", "unknown"))
+    server = properties.get("Server")
+    hostname = server.get("hostname", "") if isinstance(server, Mapping) else ""
+    place = ""
+    if isinstance(server, Mapping) and server.get("city"):
+        place = f" ({server.get('city')}, {server.get('country', '')})"
+    blocking = properties.get("Blocking")
+    traffic = {
+        "open": "traffic open",
+        "blocked": "traffic outside the tunnel blocked",
+        "block-failed": "FIREWALL FAILED, check the journal",
+    }.get(str(blocking), f"firewall {blocking}")
+    if state == "connected":
+        return f"connected to {hostname}{place}; {traffic}"
+    if state in ("connecting", "reconnecting") and hostname:
+        return f"{state} to {hostname}{place}; {traffic}"
+    if state == "error":
+        return f"error: {properties.get('ErrorCause') or 'unknown'}; {traffic}"
+    return f"{state}; {traffic}"
 
 
 class DaemonManager(ManagerFacade, Protocol):
@@ -165,8 +188,12 @@ async def run(config: Config) -> int:
         watchdog = systemd.Watchdog(lambda: bus.connected and manager.alive())
         watchdog.start()
         stop_watching = await watch_network(bus, manager, config)
-        state = manager.properties().get("State", "")
-        systemd.ready(f"{state}; serving {BUS_NAME} at {OBJECT_PATH}")
+        systemd.ready(f"{status_line(manager.properties())}; serving {BUS_NAME}")
+
+        def show_status(_changed: dict[str, object]) -> None:
+            systemd.status(status_line(manager.properties()))
+
+        manager.subscribe(show_status)
         logger.info("nordwgd %s ready on %s", __version__, BUS_NAME)
 
         stop_wait = asyncio.ensure_future(stop_requested.wait())

@@ -433,6 +433,12 @@ def test_connect_and_disconnect_under_systemd(world_box: tuple[Container, InnerW
     assert get_property(box, "Blocking") == 's "blocked"'
     status = json.loads(box.run(["nordwgctl", "status", "--json"]).stdout)
     assert status["State"] == "connected"
+    hostname = status["Server"]["hostname"]
+    # systemctl status tells a person where the tunnel goes and that the kill switch holds.
+    assert box.unit_property("nordwgd.service", "StatusText") == (
+        f"connected to {hostname} ({status['Server']['city']}, {status['Server']['country']}); "
+        "traffic outside the tunnel blocked"
+    )
 
     # Traffic from the host namespace leaves through a VPN server.
     seen = world.host(["curl", "-sS", "--max-time", "10", f"http://{world.info['web']}/"])
@@ -446,6 +452,7 @@ def test_connect_and_disconnect_under_systemd(world_box: tuple[Container, InnerW
         timeout=60,
     )
     assert get_property(box, "Blocking") == 's "open"'
+    assert box.unit_property("nordwgd.service", "StatusText") == "disconnected; traffic open"
     box.run(["systemctl", "stop", "nordwgd.service"])
     assert box.unit_property("nordwgd.service", "Result") == "success"
     assert world.leaks() == []
