@@ -455,7 +455,16 @@ class Machine:
 
     def _no_tunnel(self) -> dict[str, object]:
         self._params = None
-        return {"Server": {}, "Interface": "", "TunnelAddress": "", "ConnectedSince": 0}
+        # The counters belong to the tunnel that is gone: a new one starts from zero.
+        return {
+            "Server": {},
+            "Interface": "",
+            "TunnelAddress": "",
+            "ConnectedSince": 0,
+            "LatestHandshake": 0,
+            "RxBytes": 0,
+            "TxBytes": 0,
+        }
 
     async def _tunnel_down_quietly(self) -> None:
         try:

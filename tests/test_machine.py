@@ -673,3 +673,16 @@ async def test_alive_follows_the_loop_and_the_tunnel_monitor() -> None:
     finally:
         await harness.machine.stop(keep_blocking=False)
     assert not harness.machine.alive()
+
+
+async def test_counters_belong_to_the_tunnel(started: Harness) -> None:
+    started.engine.handshake_at = time.time()
+    started.machine.connect(Target())
+    await started.wait_state(State.CONNECTED)
+    await started.machine.statistics()
+    await asyncio.sleep(0.2)  # the tunnel monitor records the counters
+    assert started.machine.properties()["RxBytes"] == 1000
+    started.machine.disconnect()
+    properties = await started.wait_state(State.DISCONNECTED)
+    counters = [properties[name] for name in ("LatestHandshake", "RxBytes", "TxBytes")]
+    assert counters == [0, 0, 0]
