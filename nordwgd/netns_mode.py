@@ -79,8 +79,8 @@ async def adopt_link(
 
 async def write_dns(journal: Journal, name: str, servers: Sequence[IPAddress]) -> None:
     """Point the namespace's resolv.conf at ``servers``; the old file (if any) is recorded."""
-    path = ETC_NETNS_DIR / name / "resolv.conf"
-    text = RESOLV_CONF_HEADER + "".join(f"nameserver {server}\n" for server in servers)
+    path = resolv_conf_path(name)
+    text = _resolv_conf_text(servers)
     try:
         made_dir = not path.parent.is_dir()
         old = None if made_dir or not path.exists() else path.read_text()
@@ -91,6 +91,25 @@ async def write_dns(journal: Journal, name: str, servers: Sequence[IPAddress]) -
         await asyncio.to_thread(_write, path, text)
     except OSError as error:
         raise DnsFailed(f"cannot write {path}: {error.strerror or error}") from None
+
+
+async def rewrite_dns(name: str, servers: Sequence[IPAddress]) -> None:
+    """Replace our resolv.conf of the namespace, whose original is recorded already."""
+    path = resolv_conf_path(name)
+    log.info("[#] write %s (nameserver %s)", path, ", ".join(map(str, servers)))
+    try:
+        await asyncio.to_thread(_write, path, _resolv_conf_text(servers))
+    except OSError as error:
+        raise DnsFailed(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def resolv_conf_path(name: str) -> Path:
+    """Where ``ip netns exec`` finds the namespace's resolv.conf."""
+    return ETC_NETNS_DIR / name / "resolv.conf"
+
+
+def _resolv_conf_text(servers: Sequence[IPAddress]) -> str:
+    return RESOLV_CONF_HEADER + "".join(f"nameserver {server}\n" for server in servers)
 
 
 async def undo(step: Step) -> None:
@@ -190,6 +209,8 @@ __all__ = [
     "create",
     "delete",
     "exists",
+    "resolv_conf_path",
+    "rewrite_dns",
     "undo",
     "write_dns",
 ]
