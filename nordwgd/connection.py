@@ -11,6 +11,9 @@ order. The firewall is not touched here.
 In namespace mode (``network.mode = "namespace"``) the link is moved into its own network
 namespace after the peer is set, and address, route and DNS are made there instead of on the
 host (see ``nordwgd.netns_mode``); the host's routes, rules and DNS stay as they are.
+``down(keep_namespace=True)`` (a reconnect) removes the link but leaves the namespace and its
+resolv.conf, still recorded, and the next ``up`` moves the new link into that same namespace, so
+programs that joined it keep it: with loopback alone in between, they reach nothing meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,6 +45,7 @@ HANDSHAKE_FAST_POLL_SECONDS = 0.005
 HANDSHAKE_FAST_PERIOD = 0.5
 
 _T = TypeVar("_T")
+_Keep = Callable[[Step], bool]
 
 
 class Connection:
@@ -73,25 +77,34 @@ class Connection:
         """Bring the tunnel up; on failure undo the steps done and raise the step's error."""
         async with self._lock:
             if self.is_up:
-                await self._undo_all(self._journal, raise_errors=True)
+                keep = await self._namespace_keeper(self._journal)
+                await self._undo_all(self._journal, raise_errors=True, keep=keep)
                 self._reset()
-            await self._recover_locked()
+            await self._recover_locked(keep_namespace=True)
+            # A namespace kept from the previous tunnel outlives this attempt's failure too.
+            kept = await self._namespace_keeper(self._journal)
             try:
                 await self._up(params)
             except BaseException as exc:
                 log.warning("bringing up %s failed (%s); undoing the steps done",
                             self._config.network.interface, exc)
-                await asyncio.shield(self._undo_all(self._journal, raise_errors=False))
+                await asyncio.shield(
+                    self._undo_all(self._journal, raise_errors=False, keep=kept))
                 self._reset()
                 raise
 
-    async def down(self) -> None:
-        """Undo every recorded change in reverse order; a second call does nothing."""
+    async def down(self, *, keep_namespace: bool = False) -> None:
+        """Undo every recorded change in reverse order; a second call does nothing.
+
+        With ``keep_namespace`` (namespace mode, a reconnect) the namespace this process made
+        and its resolv.conf stay, recorded, for the next ``up``; everything else goes.
+        """
         async with self._lock:
+            keep = await self._namespace_keeper(self._journal) if keep_namespace else None
             try:
-                await self._undo_all(self._journal, raise_errors=True)
+                await self._undo_all(self._journal, raise_errors=True, keep=keep)
             finally:
-                if not self._journal.steps:
+                if all(keep is not None and keep(step) for step in self._journal.steps):
                     self._reset()
 
     async def switch_peer(self, params: TunnelParams) -> None:
@@ -144,7 +157,9 @@ class Connection:
         ifname = network.interface
         self._configured_at = time.time()
         in_namespace = network.mode == "namespace"
-        if in_namespace:
+        if in_namespace and self._holds(netns_mode.NAMESPACE_STEP):
+            log.info("reusing the namespace %s of the previous tunnel", network.namespace)
+        elif in_namespace:
             await self._step(TunnelFailed, f"cannot make the namespace {network.namespace}",
                              netns_mode.create(self._journal, network.namespace))
         await self._record({"step": "link", "ifname": ifname, "backend": self._backend.kind})
@@ -187,8 +202,12 @@ class Connection:
             return
         if self._config.network.mode == "namespace":
             namespace = self._config.network.namespace
-            await self._step(DnsFailed, f"cannot set the DNS of namespace {namespace}",
-                             netns_mode.write_dns(self._journal, namespace, params.dns))
+            if self._holds(netns_mode.DNS_STEP):
+                # Kept from the previous tunnel, whose record already says how to restore it.
+                action = netns_mode.rewrite_dns(namespace, params.dns)
+            else:
+                action = netns_mode.write_dns(self._journal, namespace, params.dns)
+            await self._step(DnsFailed, f"cannot set the DNS of namespace {namespace}", action)
             return
         if self._dns_mode is None:
             self._dns_mode = await dns.detect_mode()
@@ -208,15 +227,42 @@ class Connection:
 
     # -- undo -----------------------------------------------------------------------------
 
-    async def _recover_locked(self) -> None:
+    async def _recover_locked(self, *, keep_namespace: bool = False) -> None:
         journal = await asyncio.to_thread(Journal.load, self._runtime_dir)
         if journal.unknown:
             await self._cleanup_by_name()
-        if journal.steps:
-            log.info("undoing %d change(s) left by an earlier process", len(journal.steps))
-        await self._undo_all(journal, raise_errors=True)
-        await asyncio.to_thread(journal.clear)
+        keep = await self._namespace_keeper(journal) if keep_namespace else None
+        left = [step for step in journal.steps if keep is None or not keep(step)]
+        if left:
+            log.info("undoing %d change(s) left by an earlier tunnel", len(left))
+        await self._undo_all(journal, raise_errors=True, keep=keep)
+        if not journal.steps:
+            await asyncio.to_thread(journal.clear)
         self._journal = journal
+
+    async def _namespace_keeper(self, journal: Journal) -> _Keep | None:
+        """In namespace mode, which recorded steps keep the namespace (made by us, still there)."""
+        network = self._config.network
+        name = network.namespace
+        if network.mode != "namespace" or not any(
+            step["step"] == netns_mode.NAMESPACE_STEP and step.get("name") == name
+            for step in journal.steps
+        ):
+            return None
+        if not await asyncio.to_thread(netns_mode.exists, name):
+            return None
+        resolv_conf = str(netns_mode.resolv_conf_path(name))
+
+        def keep(step: Step) -> bool:
+            kind = step["step"]
+            if kind == netns_mode.NAMESPACE_STEP:
+                return bool(step.get("name") == name)
+            return kind == netns_mode.DNS_STEP and step.get("path") == resolv_conf
+
+        return keep
+
+    def _holds(self, kind: str) -> bool:
+        return any(step["step"] == kind for step in self._journal.steps)
 
     async def _cleanup_by_name(self) -> None:
         network = self._config.network
@@ -228,10 +274,13 @@ class Connection:
         if network.mode == "namespace":
             await netns_mode.cleanup_by_name(network.namespace)
 
-    async def _undo_all(self, journal: Journal, *, raise_errors: bool) -> None:
-        """Undo steps newest first; keep going past failures, which stay recorded."""
+    async def _undo_all(self, journal: Journal, *, raise_errors: bool,
+                        keep: _Keep | None = None) -> None:
+        """Undo steps newest first, but those ``keep`` names; failures stay recorded."""
         first_error: NordwgdError | None = None
         for step in reversed(list(journal.steps)):
+            if keep is not None and keep(step):
+                continue
             try:
                 await self._undo_step(journal, step)
             except NordwgdError as exc:
