@@ -54,11 +54,13 @@ class Engine(Protocol):
         """The strictest policy there is, used when another policy could not be applied."""
 
     async def remove_policy(self) -> None:
-        """Drop the firewall table (clean shutdown without blocking)."""
+        """Drop the firewall table (clean shutdown without blocking), and any tunnel left."""
 
     async def tunnel_up(self, params: TunnelParams) -> None: ...
 
-    async def tunnel_down(self) -> None: ...
+    async def tunnel_down(self) -> None:
+        """Remove the tunnel; in namespace mode the namespace stays unless the last policy
+        applied was disconnecting or disconnected (only a disconnect or stop removes it)."""
 
     async def wait_handshake(self, timeout: float) -> bool: ...  # noqa: ASYNC109
 
@@ -82,6 +84,10 @@ class SystemEngine:
         self._firewall = Firewall("auto")
         self._connection: Connection | None = None
         self._dns: tuple[IPAddress, ...] = config.dns.servers
+        # Whether the last policy was that of a state wanting a tunnel (connecting, connected,
+        # reconnecting, error): a tunnel taken down then is a reconnect, and in namespace mode
+        # the namespace stays for the next tunnel, so programs that joined it keep it.
+        self._tunnel_wanted = False
 
     async def _get_connection(self) -> Connection:
         if self._connection is None:
@@ -140,6 +146,7 @@ class SystemEngine:
         self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
     ) -> Blocking:
         policy = self.policy(state, endpoint, lockdown=lockdown, allow_lan=allow_lan)
+        self._tunnel_wanted = state not in (State.DISCONNECTING, State.DISCONNECTED)
         await self._firewall.apply(policy)
         log.info("firewall: %s policy applied (%s)", state.value, policy.blocking)
         return Blocking(policy.blocking)
@@ -148,7 +155,12 @@ class SystemEngine:
         return await self.apply_policy(State.ERROR, None, lockdown=True, allow_lan=False)
 
     async def remove_policy(self) -> None:
-        await self._firewall.remove()
+        # A clean stop: a namespace kept for a reconnect that will not come goes too.
+        self._tunnel_wanted = False
+        try:
+            await self.tunnel_down()
+        finally:
+            await self._firewall.remove()
 
     async def tunnel_up(self, params: TunnelParams) -> None:
         connection = await self._get_connection()
@@ -157,7 +169,8 @@ class SystemEngine:
 
     async def tunnel_down(self) -> None:
         if self._connection is not None:
-            await self._connection.down()
+            keep = self._tunnel_wanted and self._config.network.mode == "namespace"
+            await self._connection.down(keep_namespace=keep)
 
     async def wait_handshake(self, timeout: float) -> bool:  # noqa: ASYNC109 (Connection's API)
         connection = await self._get_connection()
