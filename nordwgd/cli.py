@@ -255,6 +255,10 @@ async def _is_country(client: Client, text: str) -> bool:
     return any(wanted in (str(field).casefold() for field in row) for row in countries)
 
 
+# Queued by _StateFollower when the daemon leaves the bus; never a State value.
+_DAEMON_LEFT = ""
+
+
 class _StateFollower:
     """Collects State changes so a command can wait for a final state."""
 
@@ -267,6 +271,14 @@ class _StateFollower:
             self._cause = str(changed["ErrorCause"])
         if "State" in changed:
             self.states.put_nowait((str(changed["State"]), self._cause))
+
+    def daemon_left(self) -> None:
+        self.states.put_nowait((_DAEMON_LEFT, ""))
+
+    async def start(self, client: Client) -> None:
+        await client.watch(self)
+        # Without this a wait would outlast a daemon that stopped or crashed.
+        await client.watch_owner(self.daemon_left)
 
 
 async def _wait_for(
@@ -310,6 +322,10 @@ async def _wait_for(
                 item = await follower.states.get()
         except TimeoutError:
             continue
+        if item[0] == _DAEMON_LEFT:
+            raise CliError(
+                f"nordwgd left the bus while {state_label(current)}", EXIT_NO_DAEMON
+            )
         current = item[0]
         pending = [item]
 
@@ -333,7 +349,7 @@ async def _request_connection(
     """Call ``member``, then (unless --no-wait) follow State until connected."""
     follower = _StateFollower()
     if not args.no_wait:
-        await client.watch(follower)
+        await follower.start(client)
     before = str(await client.get("State"))
     await client.call(member, signature, body)
     if args.no_wait:
@@ -349,7 +365,7 @@ async def _request_connection(
 
 async def cmd_disconnect(client: Client, args: argparse.Namespace) -> int:
     follower = _StateFollower()
-    await client.watch(follower)
+    await follower.start(client)
     before = str(await client.get("State"))
     await client.call("Disconnect")
     if before != "disconnected":  # already there: no transition to wait for

@@ -121,6 +121,21 @@ async def test_connect_errors_are_named(service: Service, private_bus: PrivateBu
     _assert_no_traceback(result)
 
 
+async def test_connect_wait_ends_when_the_daemon_leaves(
+    service: Service, private_bus: PrivateBus
+) -> None:
+    async def connect_and_stall(options: dict[str, str]) -> None:
+        service.manager.change(State="connecting", Blocking="blocked")
+        # The daemon goes away in the middle of connecting (a crash, a stop).
+        asyncio.get_running_loop().call_later(1.0, service.bus.disconnect)
+
+    service.manager.connect = connect_and_stall  # type: ignore[method-assign]
+    result = await nordwgctl("--bus", private_bus.address, "connect", "--timeout", "100")
+    assert result.code == 3, result.err
+    assert result.err.strip() == "nordwgctl: nordwgd left the bus while connecting"
+    _assert_no_traceback(result)
+
+
 async def test_login_reads_the_token_from_stdin(service: Service, private_bus: PrivateBus) -> None:
     token = "ab" * 32
     result = await nordwgctl("--bus", private_bus.address, "login", "--stdin", stdin=token + "\n")
