@@ -85,8 +85,10 @@ def write_private(path: Path, text: str) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         Path(temporary).replace(path)
-    except BaseException:
+    except BaseException as error:
         Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):  # a full disk, a quota: the user's to fix, no traceback
+            raise InvalidArgument(f"cannot write {path}: {error.strerror or error}") from None
         raise
 
 

@@ -112,6 +112,22 @@ async def test_replaces_an_existing_file_keeping_it_private(
     assert os.listdir(tmp_path) == ["old.conf"]  # no temporary file left behind
 
 
+def test_a_failed_write_is_named_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nordwgd import export
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.os, "fsync", disk_full)
+    output = tmp_path / "nord.conf"
+    with pytest.raises(errors.InvalidArgument) as raised:
+        export.write_private(output, "[Interface]\n")
+    assert str(raised.value) == f"cannot write {output}: No space left on device"
+    assert os.listdir(tmp_path) == []
+
+
 async def test_unknown_server_names_close_matches_and_writes_nothing(
     fake: FakeApi, pki: Pki, fleet: Fleet, tmp_path: Path
 ) -> None:
