@@ -117,12 +117,12 @@ def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     """Write ``data`` to a temporary file beside ``path`` (created with ``mode``), then rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as file:
-        os.fchmod(fd, mode)
-        file.write(data)
-        file.flush()
-        os.fsync(fd)
     try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, mode)
+            file.write(data)
+            file.flush()
+            os.fsync(fd)
         tmp.replace(path)
     except BaseException:
         with contextlib.suppress(OSError):

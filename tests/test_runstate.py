@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nordwgd.runstate import JOURNAL_NAME, Journal
+from nordwgd.runstate import JOURNAL_NAME, Journal, write_atomic
 
 LINK = {"step": "link", "ifname": "nordlynx", "backend": "userspace"}
 RULE = {"step": "rule", "family": 4, "priority": 32765, "table": 51820, "fwmark": 51820,
@@ -72,3 +72,19 @@ def test_a_corrupt_record_is_moved_aside_and_marked_unknown(
     assert aside.read_bytes() == content
     journal.clear()
     assert not journal
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "record"
+    target.write_bytes(b"old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("nordwgd.runstate.os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(target, b"new", mode=0o600)
+    assert target.read_bytes() == b"old"
+    assert [entry.name for entry in tmp_path.iterdir()] == ["record"]
