@@ -155,6 +155,8 @@ def test_one_malformed_server_does_not_hide_the_others() -> None:
         (b'{"username": "x"}', "nordlynx_private_key: missing"),
         (b'{"nordlynx_private_key": "c2VjcmV0LWJ1dC1zaG9ydA=="}', "not a base64 WireGuard key"),
         (b"[]", "expected an object, got an array"),
+        # Cut short: the part that arrived is not quoted, it may hold the key.
+        (b'{"nordlynx_private_key": "c2VjcmV0LWJ1dC1zaG9ydA', "not JSON"),
     ],
 )
 def test_malformed_credentials_are_named_without_the_key(body: bytes, message: str) -> None:

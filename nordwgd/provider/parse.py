@@ -126,15 +126,24 @@ class _Context:
         return self.at(key).expect(value, kind)
 
 
-def decode_json(data: bytes, source: str) -> Any:
-    """The decoded JSON document, or ApiUnavailable when the body is not JSON."""
+def decode_json(data: bytes, source: str, *, quote: bool = True) -> Any:
+    """The decoded JSON document, or ApiUnavailable when the body is not JSON.
+
+    ``quote=False`` keeps the body's first characters out of the message: a body that holds
+    secrets (the credentials) may start with one.
+    """
     try:
         return json.loads(data)
     except (UnicodeDecodeError, ValueError):
         snippet = data[:40].decode("utf-8", "replace").strip()
+        if not snippet:
+            detail = " (empty body)"
+        elif quote:
+            detail = f" (starts with {snippet!r})"
+        else:
+            detail = f" ({len(data)} bytes)"
         raise ApiUnavailable(
-            f"unusable answer from the NordVPN API ({source}): not JSON"
-            + (f" (starts with {snippet!r})" if snippet else " (empty body)")
+            f"unusable answer from the NordVPN API ({source}): not JSON{detail}"
         ) from None
     except RecursionError:
         raise ApiUnavailable(
@@ -410,7 +419,7 @@ def parse_servers(data: bytes, source: str = "servers") -> list[Server]:
 def parse_credentials(data: bytes, source: str = "credentials") -> Credentials:
     """The credentials object; only the NordLynx private key is kept (as a Secret)."""
     ctx = _Context(source)
-    document = ctx.expect(decode_json(data, source), dict)
+    document = ctx.expect(decode_json(data, source, quote=False), dict)
     key = ctx.field(document, "nordlynx_private_key", str)
     if _wireguard_key(key) is None:
         # Never quote the value: it is the account's private key.
