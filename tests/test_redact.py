@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from collections.abc import Iterator
@@ -135,3 +136,15 @@ def test_bad_format_string_is_still_redacted(
     logger, capture = logged
     logger.info("two %s %s but one arg", token)
     assert token not in everything_seen(capture)
+
+
+def test_the_nordlynx_private_key_is_redacted_once_parsed(caplog: pytest.LogCaptureFixture) -> None:
+    from nordwgd.provider.parse import parse_credentials
+    from nordwgd.redact import RedactingFilter
+
+    key = "Vpod389HKdiGiagYlGSEmd96FUEr8dFSulc2u3Idt4A="
+    credentials = parse_credentials(json.dumps({"nordlynx_private_key": key}).encode())
+    assert credentials.private_key.reveal() == key
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "key %s", (key,), None)
+    RedactingFilter().filter(record)
+    assert key not in record.getMessage()

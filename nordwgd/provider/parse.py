@@ -27,6 +27,7 @@ from typing import Any, NoReturn, TypeVar
 
 from nordwgd.errors import ApiUnavailable
 from nordwgd.model import Credentials, IPAddress, Secret, Server
+from nordwgd.redact import register_secret
 
 log = logging.getLogger(__name__)
 
@@ -426,6 +427,8 @@ def parse_credentials(data: bytes, source: str = "credentials") -> Credentials:
         ctx.at("nordlynx_private_key").fail(
             f"not a base64 WireGuard key of {KEY_BYTES} bytes ({len(key)} characters)"
         )
+    # Belt and braces: should the key ever reach a log record, the redaction filter knows it.
+    register_secret(key)
     return Credentials(private_key=Secret(key))
 
 
