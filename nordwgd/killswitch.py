@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ logger = logging.getLogger("nordwgd.killswitch")
 
 EX_OK = 0
 EX_FAILURE = 1
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -84,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="PATH")
     args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("nordwgd-killswitch: must run as root (it changes the firewall)", file=sys.stderr)
+        return EX_NOPERM
     try:
         config = load_config(args.config)
     except ConfigError as error:

@@ -285,3 +285,22 @@ def test_killswitch_policy_is_the_error_policy() -> None:
     assert policy.endpoint is None
     assert policy.tunnel_interface is None
     assert policy.api_addresses  # the API pinhole stays so the daemon can recover
+
+
+@pytest.mark.root
+def test_killswitch_refuses_to_run_unprivileged(tmp_path: Path) -> None:
+    config = tmp_path / "nordwgd.toml"
+    config.write_text("[network]\nlockdown = true\n")
+    config.chmod(0o644)
+    tmp_path.chmod(0o755)
+    result = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+         sys.executable, "-m", "nordwgd.killswitch", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        cwd="/",
+    )  # fmt: skip
+    assert result.returncode == 77, result.stderr
+    assert result.stderr.strip() == "nordwgd-killswitch: must run as root (it changes the firewall)"
