@@ -126,6 +126,10 @@ for doc in "$source_dir/README.md" "$source_dir/packaging/README.md"; do
     put 0644 "$doc" /usr/share/doc/nordwgd/README.md
     break
 done
+for doc in docs/security.md docs/modes.md data/systemd/namespace-mode.conf; do
+    # namespace-mode.conf: the drop-in namespace mode needs (see modes.md), for the admin to copy
+    put 0644 "$source_dir/$doc" "/usr/share/doc/nordwgd/${doc##*/}"
+done
 example=$source_dir/data/nordwgd.toml.example
 if [ -e "$example" ]; then
     put 0644 "$example" /usr/share/doc/nordwgd/nordwgd.toml.example
