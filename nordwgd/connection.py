@@ -316,7 +316,8 @@ class Connection:
 
         if kind not in ("kernel", "userspace"):
             raise TunnelFailed(f"the record names an unknown WireGuard backend {kind!r}")
-        return open_backend("kernel" if kind == "kernel" else "userspace")
+        # Opening the kernel backend probes netlink: not on the event loop.
+        return await asyncio.to_thread(open_backend, "kernel" if kind == "kernel" else "userspace")
 
     async def _record(self, step: Step) -> None:
         await asyncio.to_thread(self._journal.record, step)

@@ -82,8 +82,7 @@ async def write_dns(journal: Journal, name: str, servers: Sequence[IPAddress]) -
     path = resolv_conf_path(name)
     text = _resolv_conf_text(servers)
     try:
-        made_dir = not path.parent.is_dir()
-        old = None if made_dir or not path.exists() else path.read_text()
+        made_dir, old = await asyncio.to_thread(_current_resolv_conf, path)
         await asyncio.to_thread(
             journal.record, {"step": DNS_STEP, "path": str(path), "made_dir": made_dir, "old": old}
         )
@@ -91,6 +90,12 @@ async def write_dns(journal: Journal, name: str, servers: Sequence[IPAddress]) -
         await asyncio.to_thread(_write, path, text)
     except OSError as error:
         raise DnsFailed(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def _current_resolv_conf(path: Path) -> tuple[bool, str | None]:
+    """(whether its directory is missing, its text if it exists)."""
+    made_dir = not path.parent.is_dir()
+    return made_dir, None if made_dir or not path.exists() else path.read_text()
 
 
 async def rewrite_dns(name: str, servers: Sequence[IPAddress]) -> None:
