@@ -275,6 +275,8 @@ class Manager:
         machine, planner = self._running()
         target = planner.resolve(options)
         await self._require_token()
+        if "server" in options:
+            await planner.check_servers(target)
         log.info("connect requested: %s", target.describe())
         machine.connect(target)
 

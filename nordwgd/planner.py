@@ -245,13 +245,45 @@ class Planner:
             )
         return token
 
+    def _country_of_hostname(self, hostname: str) -> int | None:
+        """The country a NordVPN host name starts with ("de1001..." -> Germany), if any.
+
+        The API has no host name filter: without a country, finding one host means fetching
+        the whole fleet (tens of MB).
+        """
+        prefix = re.match(r"[a-z]{2}(?=[0-9-])", hostname.lower())
+        if prefix is None:
+            return None
+        try:
+            return self._catalog.resolve_country(prefix.group()).id
+        except NordwgdError:
+            return None
+
+    async def check_servers(self, target: Target) -> None:
+        """Refuse host names the API does not know, with suggestions, while Connect is called.
+
+        Only a definite answer refuses: when the API cannot be asked now, the connection
+        attempt itself will report what is wrong.
+        """
+        scope = target.places[0].country_id if len(target.places) == 1 else None
+        for hostname in target.servers:
+            try:
+                await self._api.server_by_hostname(
+                    hostname, scope or self._country_of_hostname(hostname)
+                )
+            except UnknownLocation:
+                raise
+            except NordwgdError as error:
+                log.info("could not check server %s now: %s", hostname, error)
+
     async def _fetch_candidates(self, target: Target) -> list[list[Server]]:
         lists: list[list[Server]] = []
         country_scope = target.places[0].country_id if len(target.places) == 1 else None
         pin_error: NordwgdError | None = None
         for hostname in target.servers:
             try:
-                lists.append([await self._api.server_by_hostname(hostname, country_scope)])
+                scope = country_scope or self._country_of_hostname(hostname)
+                lists.append([await self._api.server_by_hostname(hostname, scope)])
             except (UnknownLocation, NoServer) as error:
                 # A pinned server that is gone is not fatal while other places remain.
                 log.warning("pinned server %s: %s", hostname, error)

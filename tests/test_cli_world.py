@@ -305,13 +305,15 @@ def test_errors_are_one_clear_line(
     assert status(daemon)["State"] == "disconnected"
 
 
-def test_unknown_server_ends_the_connect_in_error(daemon: DaemonProcess) -> None:
-    # The server list is the API's: the name is checked when the connection is planned.
+def test_unknown_server_is_refused_with_suggestions(daemon: DaemonProcess) -> None:
+    # Connect asks the API for a named server at once, so a typo is an answer, not an error state.
+    result = ctl(daemon, "connect", "--server", "de1010", "--timeout", str(LIMIT))
+    one_line_error(result, 2, "nordwgctl: unknown location: unknown server 'de1010.nordvpn.com'")
+    assert "(did you mean: de1001.nordvpn.com" in result.err
+    assert status(daemon)["State"] == "disconnected"
     result = ctl(daemon, "connect", "--server", "zz9999", "--timeout", str(LIMIT))
-    assert result.code == 1
-    assert result.err == "nordwgctl: connect failed: unknown-location\n"
-    props = status(daemon)
-    assert (props["State"], props["ErrorCause"]) == ("error", "unknown-location")
+    one_line_error(result, 2, "nordwgctl: unknown location: unknown server 'zz9999.nordvpn.com'")
+    assert status(daemon)["State"] == "disconnected"
 
 
 def test_unknown_country_suggests_close_names(daemon: DaemonProcess) -> None:

@@ -205,6 +205,31 @@ async def test_pinned_server(planner: Planner) -> None:
     assert params.server is not None and params.server.hostname == "jp502.nordvpn.com"
 
 
+async def test_a_server_is_looked_up_in_its_own_country(planner: Planner, fake: FakeApi) -> None:
+    # The API has no host name filter: the country the name starts with keeps the list small.
+    fake.clear_requests()
+    params = await planner.plan(planner.resolve({"server": "jp502"}), 0, frozenset())
+    assert params.server is not None and params.server.country_code == "JP"
+    lookups = [query for _, path, query, _ in fake.requests if path == "/v1/servers"]
+    japan = planner.resolve({"country": "JP"}).places[0].country_id
+    assert lookups and all(f"={japan}" in query for query in lookups), lookups
+
+
+async def test_check_servers_refuses_unknown_names_with_suggestions(planner: Planner) -> None:
+    await planner.check_servers(planner.resolve({"server": "de1001"}))
+    with pytest.raises(errors.UnknownLocation) as refused:
+        await planner.check_servers(planner.resolve({"server": "de1099"}))
+    assert refused.value.suggestions
+    assert all(name.startswith("de10") for name in refused.value.suggestions)
+
+
+async def test_check_servers_accepts_when_the_api_cannot_answer(
+    planner: Planner, fake: FakeApi
+) -> None:
+    fake.set_fault("500")
+    await planner.check_servers(planner.resolve({"server": "de1099"}))  # decided later
+
+
 async def test_pinned_server_first_then_the_country(
     api: NordVpnApi, catalog: Catalog, token: Token
 ) -> None:
