@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import socketserver
 import struct
 import sys
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
+
+from nordwgd.testing.serving import listen_address, serve_until_signalled
 
 TYPE_A = 1
 CLASS_IN = 1
@@ -160,11 +161,6 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _record(value: str) -> tuple[str, str]:
     name, _, address = value.partition("=")
     return name.lower().rstrip("."), str(IPv4Address(address))
@@ -172,7 +168,7 @@ def _record(value: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nordwgd.testing.dnsserver")
-    parser.add_argument("--listen", type=_address, action="append", required=True)
+    parser.add_argument("--listen", type=listen_address, action="append", required=True)
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--record", type=_record, action="append", default=[])
     args = parser.parse_args(argv)
@@ -181,16 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for address in args.listen:
         servers.append(_UdpServer(address, context))
         servers.append(_TcpServer(address, context))
-    for server in servers:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    print("ready", flush=True)
-    done.wait()
-    for server in servers:
-        server.shutdown()
-    return 0
+    return serve_until_signalled(servers)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from nordwgd.testing.serving import listen_address, serve_until_signalled
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -30,27 +30,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nordwgd.testing.webserver")
-    parser.add_argument("--listen", type=_address, action="append", required=True)
+    parser.add_argument("--listen", type=listen_address, action="append", required=True)
     args = parser.parse_args(argv)
     servers = [ThreadingHTTPServer(address, _Handler) for address in args.listen]
     for server in servers:
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
-    print("ready", flush=True)
-    done.wait()
-    for server in servers:
-        server.shutdown()
-    return 0
+    return serve_until_signalled(servers)
 
 
 if __name__ == "__main__":
