@@ -22,8 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from nordwgd.errors import InvalidArgument, NordwgdError, NotLoggedIn
 from nordwgd.machine import Machine, Tuning, server_properties
 from nordwgd.planner import Planner, Target, check_options
 from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.runstate import write_atomic
 from nordwgd.states import Blocking, ErrorCause, State
 from nordwgd.token import delete_token, load_token, store_token, validate_token
 
@@ -85,18 +84,7 @@ def load_settings(config: Config) -> Settings:
 def _write_json(path: Path, data: object, mode: int) -> None:
     """Replace ``path`` atomically with ``data``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(data, stream, sort_keys=True)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).chmod(mode)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, (json.dumps(data, sort_keys=True) + "\n").encode(), mode=mode)
 
 
 def save_settings(config: Config, settings: Settings) -> None:

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,9 +115,12 @@ class Journal:
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path`` (created with ``mode``), then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    """Write ``data`` to a temporary file beside ``path`` (created with ``mode``), then rename.
+
+    The temporary name is unique, so two threads replacing one file never share it.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         with os.fdopen(fd, "wb") as file:
             os.fchmod(fd, mode)
