@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -26,6 +26,8 @@ from nordwgd.bus.sleep import SleepWatcher
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, NordwgdError
 from nordwgd.netwatch import UplinkWatcher
+from nordwgd.states import Blocking, State
+from nordwgd.status import Status
 
 logger = logging.getLogger("nordwgd.daemon")
 
@@ -66,35 +68,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def keep_blocking_on_stop(properties: dict[str, object]) -> bool:
+def keep_blocking_on_stop(status: Status) -> bool:
     """Whether stopping the daemon must leave the kill switch in place.
 
     Only a user who disconnected (with Lockdown off) asked for open traffic; in every other
     state stopping (a restart, an upgrade, a crash loop) must not open a leak.
     """
-    return bool(properties.get("Lockdown")) or properties.get("State") != "disconnected"
+    return status.lockdown or status.state != State.DISCONNECTED
 
 
-def status_line(properties: Mapping[str, object]) -> str:
+def status_line(status: Status) -> str:
     """One line for `systemctl status`: the state, the server, and what the firewall does."""
-    state = str(properties.get("State", "unknown"))
-    server = properties.get("Server")
-    hostname = server.get("hostname", "") if isinstance(server, Mapping) else ""
-    place = ""
-    if isinstance(server, Mapping) and server.get("city"):
-        place = f" ({server.get('city')}, {server.get('country', '')})"
-    blocking = properties.get("Blocking")
+    state = status.state.value
+    server = status.server
+    hostname = server.hostname if server is not None else ""
+    place = f" ({server.city}, {server.country})" if server is not None and server.city else ""
     traffic = {
-        "open": "traffic open",
-        "blocked": "traffic outside the tunnel blocked",
-        "block-failed": "FIREWALL FAILED, check the journal",
-    }.get(str(blocking), f"firewall {blocking}")
-    if state == "connected":
+        Blocking.OPEN: "traffic open",
+        Blocking.BLOCKED: "traffic outside the tunnel blocked",
+        Blocking.BLOCK_FAILED: "FIREWALL FAILED, check the journal",
+    }[status.blocking]
+    if status.state == State.CONNECTED:
         return f"connected to {hostname}{place}; {traffic}"
-    if state in ("connecting", "reconnecting") and hostname:
+    if status.state in (State.CONNECTING, State.RECONNECTING) and hostname:
         return f"{state} to {hostname}{place}; {traffic}"
-    if state == "error":
-        return f"error: {properties.get('ErrorCause') or 'unknown'}; {traffic}"
+    if status.state == State.ERROR:
+        return f"error: {status.error_cause.value or 'unknown'}; {traffic}"
     return f"{state}; {traffic}"
 
 
@@ -188,10 +187,10 @@ async def run(config: Config) -> int:
         watchdog = systemd.Watchdog(lambda: bus.connected and manager.alive())
         watchdog.start()
         stop_watching = await watch_network(bus, manager, config)
-        systemd.ready(f"{status_line(manager.properties())}; serving {BUS_NAME}")
+        systemd.ready(f"{status_line(manager.status())}; serving {BUS_NAME}")
 
-        def show_status(_changed: dict[str, object]) -> None:
-            systemd.status(status_line(manager.properties()))
+        def show_status(status: Status) -> None:
+            systemd.status(status_line(status))
 
         manager.subscribe(show_status)
         logger.info("nordwgd %s ready on %s", __version__, BUS_NAME)
@@ -204,7 +203,7 @@ async def run(config: Config) -> int:
             logger.error("lost the connection to the system bus; stopping")
         stop_wait.cancel()
 
-        keep_blocking = keep_blocking_on_stop(manager.properties())
+        keep_blocking = keep_blocking_on_stop(manager.status())
         systemd.stopping("stopping; kill switch " + ("kept" if keep_blocking else "removed"))
         logger.info("stopping (keep_blocking=%s)", keep_blocking)
         await watchdog.stop()

@@ -22,16 +22,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from nordwgd import errors
 from nordwgd.config import Config
 from nordwgd.health import HealthMonitor
-from nordwgd.model import Endpoint, Server, TunnelParams
+from nordwgd.model import Endpoint, TunnelParams
 from nordwgd.planner import Target
 from nordwgd.states import ACTIVE_STATES, Blocking, ErrorCause, State, cause_of, is_transient
+from nordwgd.status import NO_TUNNEL, Status
 from nordwgd.wireguard import PeerStats
 
 if TYPE_CHECKING:  # the real engine pulls in netlink and nftables; the machine needs only the type
@@ -41,11 +42,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Properties whose changes are not signalled (EmitsChangedSignal=false): clients poll them.
-UNSIGNALLED = frozenset({"LatestHandshake", "RxBytes", "TxBytes"})
-
-Notification = Mapping[str, object]
-Subscriber = Callable[[dict[str, object]], None]
+Subscriber = Callable[[Status], None]
 
 
 class PlannerLike(Protocol):
@@ -78,23 +75,6 @@ class _Command:
 
 class _Preempted(Exception):
     """A newer command arrived while this one was waiting."""
-
-
-def server_properties(server: Server | None) -> dict[str, object]:
-    """The ``Server`` property (a{sv}); empty when there is no server."""
-    if server is None:
-        return {}
-    return {
-        "hostname": server.hostname,
-        "name": server.name,
-        "country": server.country,
-        "country_code": server.country_code,
-        "city": server.city,
-        "load": server.load,
-        "endpoint": str(server.endpoint),
-        "public_key": server.public_key or "",
-        "groups": list(server.groups),
-    }
 
 
 def _now_us() -> int:
@@ -142,76 +122,55 @@ class Machine:
         self._last_failover: float | None = None
         self._failover_streak = 0
         self._params: TunnelParams | None = None
-        self._props: dict[str, object] = {
-            "State": State.DISCONNECTED.value,
-            "ErrorCause": ErrorCause.NONE.value,
-            "Blocking": Blocking.OPEN.value,
-            "Lockdown": lockdown,
-            "AllowLan": allow_lan,
-            "Mode": config.network.mode,
-            "Server": {},
-            "Interface": "",
-            "TunnelAddress": "",
-            "ConnectedSince": 0,
-            "Version": version,
-            "LatestHandshake": 0,
-            "RxBytes": 0,
-            "TxBytes": 0,
-            "ForwardedPort": 0,
-        }
-        self._emitted = dict(self._props)
+        self._status = Status(
+            lockdown=lockdown, allow_lan=allow_lan, mode=config.network.mode, version=version
+        )
+        self._emitted = self._status
 
     # -- observing -------------------------------------------------------------------------
 
     @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
     def state(self) -> State:
-        return State(str(self._props["State"]))
+        return self._status.state
 
     @property
     def lockdown(self) -> bool:
-        return bool(self._props["Lockdown"])
+        return self._status.lockdown
 
     @property
     def allow_lan(self) -> bool:
-        return bool(self._props["AllowLan"])
+        return self._status.allow_lan
 
     @property
     def target(self) -> Target | None:
         return self._target
 
-    def properties(self) -> dict[str, object]:
-        props = dict(self._props)
-        props["Server"] = dict(self._props["Server"])  # type: ignore[call-overload]
-        return props
-
     def subscribe(self, callback: Subscriber) -> None:
         self._subscribers.append(callback)
 
-    async def wait_for(
-        self, predicate: Callable[[dict[str, object]], bool], limit: float
-    ) -> dict[str, object]:
-        """Wait until the properties satisfy ``predicate``; TimeoutError after ``limit`` s."""
+    async def wait_for(self, predicate: Callable[[Status], bool], limit: float) -> Status:
+        """Wait until the status satisfies ``predicate``; TimeoutError after ``limit`` s."""
         async with asyncio.timeout(limit), self._changed:
-            await self._changed.wait_for(lambda: predicate(self._props))
-            return self.properties()
+            await self._changed.wait_for(lambda: predicate(self._status))
+            return self._status
 
     def _set(self, **changes: object) -> None:
-        self._props.update(changes)
+        self._status = replace(self._status, **changes)  # type: ignore[arg-type]
 
     def _emit(self) -> None:
-        """Tell subscribers what changed since the last notification (signalled properties)."""
-        changed = {
-            name: value
-            for name, value in self._props.items()
-            if name not in UNSIGNALLED and self._emitted.get(name) != value
-        }
-        self._emitted = dict(self._props)
-        if changed:
+        """Publish the status to subscribers when more than the counters changed."""
+        status = self._status
+        if status.without_counters() != self._emitted.without_counters():
+            self._emitted = status
             for callback in list(self._subscribers):
                 try:
-                    callback(dict(changed))
+                    callback(status)
                 except Exception:
-                    log.exception("a subscriber failed on %s", sorted(changed))
+                    log.exception("a subscriber failed on %s", status.state.value)
         asyncio.get_running_loop().create_task(self._notify_waiters())
 
     async def _notify_waiters(self) -> None:
@@ -283,10 +242,10 @@ class Machine:
         self.submit(_Command("failover", reason=reason))
 
     async def set_lockdown(self, value: bool) -> None:
-        await self._change_setting("Lockdown", value)
+        await self._change_setting("lockdown", value)
 
     async def set_allow_lan(self, value: bool) -> None:
-        await self._change_setting("AllowLan", value)
+        await self._change_setting("allow_lan", value)
 
     async def check_health(self) -> tuple[bool, dict[str, object]]:
         health = self._health
@@ -428,8 +387,8 @@ class Machine:
         blocking = await self._apply(state, endpoint)
         if blocking is None:
             return False
-        props.setdefault("ErrorCause", ErrorCause.NONE.value)
-        self._set(State=state.value, Blocking=blocking.value, **props)
+        props.setdefault("error_cause", ErrorCause.NONE)
+        self._set(state=state, blocking=blocking, **props)
         log.info("state: %s", state.value)
         self._emit()
         return True
@@ -444,9 +403,9 @@ class Machine:
             self._policy = (State.ERROR, None)
         self._scheduled = None
         self._set(
-            State=State.ERROR.value,
-            Blocking=Blocking.BLOCK_FAILED.value,
-            ErrorCause=ErrorCause.FIREWALL_FAILED.value,
+            state=State.ERROR,
+            blocking=Blocking.BLOCK_FAILED,
+            error_cause=ErrorCause.FIREWALL_FAILED,
             **self._no_tunnel(),
         )
         self._emit()
@@ -456,15 +415,7 @@ class Machine:
     def _no_tunnel(self) -> dict[str, object]:
         self._params = None
         # The counters belong to the tunnel that is gone: a new one starts from zero.
-        return {
-            "Server": {},
-            "Interface": "",
-            "TunnelAddress": "",
-            "ConnectedSince": 0,
-            "LatestHandshake": 0,
-            "RxBytes": 0,
-            "TxBytes": 0,
-        }
+        return dict(NO_TUNNEL)
 
     async def _tunnel_down_quietly(self) -> None:
         try:
@@ -501,7 +452,7 @@ class Machine:
             if await self._apply(state, params.endpoint) is None:
                 return
             self._params = params
-            self._set(Server=server_properties(server))
+            self._set(server=server)
             self._emit()
             tried += 1
             try:
@@ -540,9 +491,9 @@ class Machine:
         entered = await self._enter(
             State.CONNECTED,
             params.endpoint,
-            Interface=self._engine.interface or self._config.network.interface,
-            TunnelAddress=str(params.address),
-            ConnectedSince=_now_us(),
+            interface=self._engine.interface or self._config.network.interface,
+            tunnel_address=str(params.address),
+            connected_since=_now_us(),
         )
         if not entered:
             return
@@ -560,7 +511,7 @@ class Machine:
     async def _to_error(self, cause: ErrorCause, message: str) -> None:
         log.error("error (%s): %s", cause.value, message)
         await self._stop_health()
-        if not await self._enter(State.ERROR, None, ErrorCause=cause.value, **self._no_tunnel()):
+        if not await self._enter(State.ERROR, None, error_cause=cause, **self._no_tunnel()):
             return
         await self._tunnel_down_quietly()
         if is_transient(cause) and self._target is not None:
@@ -610,7 +561,7 @@ class Machine:
     # -- settings --------------------------------------------------------------------------
 
     async def _change_setting(self, name: str, value: bool) -> None:
-        if self._props[name] == value:
+        if getattr(self._status, name) == value:
             return
         failure: Exception | None = None
         async with self._firewall_lock:
@@ -624,9 +575,9 @@ class Machine:
                 failure = error
                 with contextlib.suppress(Exception):
                     await self._engine.block_all()
-                self._set(Blocking=Blocking.BLOCK_FAILED.value)
+                self._set(blocking=Blocking.BLOCK_FAILED)
             else:
-                self._set(Blocking=blocking.value)
+                self._set(blocking=blocking)
         self._emit()
         if self._on_settings is not None:
             try:
@@ -642,9 +593,9 @@ class Machine:
 
     def _record_stats(self, stats: PeerStats) -> None:
         self._set(
-            LatestHandshake=int(stats.latest_handshake * 1_000_000),
-            RxBytes=stats.rx_bytes,
-            TxBytes=stats.tx_bytes,
+            latest_handshake=int(stats.latest_handshake * 1_000_000),
+            rx_bytes=stats.rx_bytes,
+            tx_bytes=stats.tx_bytes,
         )
 
     async def _stop_health(self) -> None:

@@ -31,11 +31,12 @@ from nordwgd.catalog import Catalog
 from nordwgd.config import Config
 from nordwgd.engine import Engine, system_engine
 from nordwgd.errors import InvalidArgument, NordwgdError, NotLoggedIn
-from nordwgd.machine import Machine, Tuning, server_properties
+from nordwgd.machine import Machine, Tuning
 from nordwgd.planner import Planner, Target, check_options
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.runstate import write_atomic
-from nordwgd.states import Blocking, ErrorCause, State
+from nordwgd.states import Blocking, State
+from nordwgd.status import Status, server_properties
 from nordwgd.token import delete_token, load_token, store_token, validate_token
 
 log = logging.getLogger(__name__)
@@ -143,27 +144,17 @@ class Manager:
         self._catalog = catalog
         self._planner: Planner | None = None
         self._machine: Machine | None = None
-        self._subscribers: list[Callable[[dict[str, object]], None]] = []
+        self._subscribers: list[Callable[[Status], None]] = []
         self._triggered_check: asyncio.Task[None] | None = None
         self._triggered_checks = 0
         settings = Settings(config.network.lockdown, config.network.allow_lan)
-        self._initial: dict[str, object] = {
-            "State": State.DISCONNECTED.value,
-            "ErrorCause": ErrorCause.NONE.value,
-            "Blocking": Blocking.BLOCKED.value if settings.lockdown else Blocking.OPEN.value,
-            "Lockdown": settings.lockdown,
-            "AllowLan": settings.allow_lan,
-            "Mode": config.network.mode,
-            "Server": {},
-            "Interface": "",
-            "TunnelAddress": "",
-            "ConnectedSince": 0,
-            "Version": __version__,
-            "LatestHandshake": 0,
-            "RxBytes": 0,
-            "TxBytes": 0,
-            "ForwardedPort": 0,
-        }
+        self._initial = Status(
+            blocking=Blocking.BLOCKED if settings.lockdown else Blocking.OPEN,
+            lockdown=settings.lockdown,
+            allow_lan=settings.allow_lan,
+            mode=config.network.mode,
+            version=__version__,
+        )
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -239,20 +230,18 @@ class Manager:
         """For the watchdog: the state machine's loop and its tunnel monitor are running."""
         return self._machine is not None and self._machine.alive()
 
-    def properties(self) -> dict[str, object]:
+    def status(self) -> Status:
         if self._machine is None:
-            return dict(self._initial)
-        return self._machine.properties()
+            return self._initial
+        return self._machine.status
 
-    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> None:
+    def subscribe(self, callback: Callable[[Status], None]) -> None:
         self._subscribers.append(callback)
         if self._machine is not None:
             self._machine.subscribe(callback)
 
-    async def wait_for(
-        self, predicate: Callable[[dict[str, object]], bool], limit: float
-    ) -> dict[str, object]:
-        """Wait until the properties satisfy ``predicate`` (tests, the demo)."""
+    async def wait_for(self, predicate: Callable[[Status], bool], limit: float) -> Status:
+        """Wait until the status satisfies ``predicate`` (tests, the demo)."""
         machine, _ = self._running()
         return await machine.wait_for(predicate, limit)
 
@@ -389,18 +378,17 @@ class Manager:
 
     async def get_statistics(self) -> dict[str, object]:
         machine, _ = self._running()
-        props = machine.properties()
-        if props["State"] == State.CONNECTED.value:
+        if machine.state == State.CONNECTED:
             try:
                 await machine.statistics()
             except NordwgdError as error:
                 log.warning("statistics: %s", error)
-            props = machine.properties()
+        status = machine.status
         return {
-            "latest_handshake": props["LatestHandshake"],
-            "rx_bytes": props["RxBytes"],
-            "tx_bytes": props["TxBytes"],
-            "connected_since": props["ConnectedSince"],
+            "latest_handshake": status.latest_handshake,
+            "rx_bytes": status.rx_bytes,
+            "tx_bytes": status.tx_bytes,
+            "connected_since": status.connected_since,
             # Checks run because the uplink changed or the machine resumed.
             "triggered_checks": self._triggered_checks,
         }
@@ -409,7 +397,7 @@ class Manager:
         if not isinstance(mode, str):
             raise InvalidArgument("mode must be a string")
         mode = diagnose.check_mode(mode)
-        report: dict[str, object] = {"mode": mode, "state": self.properties()["State"]}
+        report: dict[str, object] = {"mode": mode, "state": self.status().state.value}
         if report["state"] == State.CONNECTED.value:
             # Unmarked, like the user's traffic: the address the world sees through the tunnel.
             # (The daemon's own client is marked and would report the uplink's address.)
@@ -422,11 +410,11 @@ class Manager:
             report.update(await diagnose.public_address(self._api.insights))
         if mode == "full":
             statistics = await self.get_statistics() if self._machine is not None else {}
-            props = self.properties()
+            status = self.status()
             wireguard: dict[str, object] = {
-                "interface": props["Interface"],
-                "address": props["TunnelAddress"],
-                "server": props["Server"],
+                "interface": status.interface,
+                "address": status.tunnel_address,
+                "server": server_properties(status.server),
                 **statistics,
             }
             report.update(

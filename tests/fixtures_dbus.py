@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,16 @@ from dbus_fast.aio import MessageBus
 from nordwgd import errors
 from nordwgd.bus import INTERFACE_NAME, OBJECT_PATH
 from nordwgd.bus.polkit import Authorizer
-from nordwgd.bus.service import ServiceBus, export_manager
+from nordwgd.bus.service import ManagerInterface, ServiceBus, export_manager
+from nordwgd.model import Server
+from nordwgd.states import Blocking, State
+from nordwgd.status import Status
 from nordwgd.testing.privatebus import PrivateBus, start_bus
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv").exists() else sys.executable
 BUS_NAME = "org.nordwgd.Nordwgd1"
+
 
 def _start_bus() -> PrivateBus:
     return start_bus()
@@ -197,41 +202,53 @@ def running_daemon(bus: PrivateBus, netns: str, config: Path, log: Path) -> Iter
 # In-process service around a Manager double (adapter tests) ---------------------------
 
 
+def sample_server(hostname: str = "de1001.nordvpn.com", **fields: Any) -> Server:
+    """A server as the catalog would give it (documentation addresses only)."""
+    values: dict[str, Any] = {
+        "id": 1001,
+        "name": "Germany #1001",
+        "hostname": hostname,
+        "station": IPv4Address("203.0.113.10"),
+        "ipv6_station": None,
+        "load": 12,
+        "status": "online",
+        "country": "Germany",
+        "country_code": "DE",
+        "country_id": 81,
+        "city": "Frankfurt",
+        "city_id": 2215709,
+        "groups": ("legacy_standard",),
+        "group_titles": ("Standard VPN servers",),
+        "public_key": "A" * 43 + "=",
+    }
+    values.update(fields)
+    return Server(**values)
+
+
 class RecordingManager:
     """Implements the Manager facade in memory and records every call it gets."""
 
     def __init__(self) -> None:
-        self.props: dict[str, object] = {
-            "State": "disconnected",
-            "ErrorCause": "",
-            "Blocking": "open",
-            "Lockdown": False,
-            "AllowLan": True,
-            "Mode": "host",
-            "Server": {},
-            "Interface": None,
-            "TunnelAddress": "",
-            "ConnectedSince": 0,
-            "Version": "0.1.0",
-            "LatestHandshake": 0,
-            "RxBytes": 0,
-            "TxBytes": 0,
-            "ForwardedPort": 0,
-        }
+        self.current = Status(allow_lan=True, version="0.1.0")
         self.calls: list[tuple[str, object]] = []
         self.failure: BaseException | None = None
-        self._subscribers: list[Callable[[dict[str, object]], None]] = []
+        self._subscribers: list[Callable[[Status], None]] = []
 
-    def properties(self) -> dict[str, object]:
-        return dict(self.props)
+    def status(self) -> Status:
+        return self.current
 
-    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> None:
+    def subscribe(self, callback: Callable[[Status], None]) -> None:
         self._subscribers.append(callback)
 
-    def change(self, **changed: object) -> None:
-        self.props.update(changed)
+    def set(self, **fields: Any) -> None:
+        """Change the status without publishing it (the counters change that way)."""
+        self.current = replace(self.current, **fields)
+
+    def change(self, **fields: Any) -> None:
+        """Change the status and publish it, as the state machine does at a transition."""
+        self.set(**fields)
         for callback in self._subscribers:
-            callback(dict(changed))
+            callback(self.current)
 
     def _record(self, name: str, argument: object = None) -> None:
         self.calls.append((name, argument))
@@ -240,18 +257,18 @@ class RecordingManager:
 
     async def connect(self, options: Mapping[str, str]) -> None:
         self._record("connect", dict(options))
-        self.change(State="connecting", Blocking="blocked")
+        self.change(state=State.CONNECTING, blocking=Blocking.BLOCKED)
         self.change(
-            State="connected",
-            Interface="nwg0",
-            Server={"hostname": "de1001.nordvpn.com", "load": 7, "groups": ["P2P"]},
-            ConnectedSince=1_700_000_000_000_000,
-            RxBytes=10,
+            state=State.CONNECTED,
+            interface="nwg0",
+            server=sample_server(load=7, groups=("legacy_p2p",)),
+            connected_since=1_700_000_000_000_000,
+            rx_bytes=10,
         )
 
     async def disconnect(self) -> None:
         self._record("disconnect")
-        self.change(State="disconnected", Blocking="open", Server={}, Interface="")
+        self.change(state=State.DISCONNECTED, blocking=Blocking.OPEN, server=None, interface="")
 
     async def reconnect(self) -> None:
         self._record("reconnect")
@@ -265,11 +282,11 @@ class RecordingManager:
 
     async def set_lockdown(self, enabled: bool, /) -> None:
         self._record("set_lockdown", enabled)
-        self.change(Lockdown=enabled)
+        self.change(lockdown=enabled)
 
     async def set_allow_lan(self, enabled: bool, /) -> None:
         self._record("set_allow_lan", enabled)
-        self.change(AllowLan=enabled)
+        self.change(allow_lan=enabled)
 
     async def set_token(self, token: str, /) -> None:
         self._record("set_token", len(token))
@@ -309,10 +326,17 @@ async def connect_client(address: str) -> MessageBus:
 
 
 class Service:
-    def __init__(self, bus: MessageBus, client: MessageBus, manager: RecordingManager) -> None:
+    def __init__(
+        self,
+        bus: MessageBus,
+        client: MessageBus,
+        manager: RecordingManager,
+        interface: ManagerInterface | None = None,
+    ) -> None:
         self.bus = bus
         self.client = client
         self.manager = manager
+        self.interface = interface
 
     async def call(
         self,
@@ -354,11 +378,11 @@ class Service:
 async def service(private_bus: PrivateBus) -> AsyncIterator[Service]:
     bus = await ServiceBus(bus_address=private_bus.address).connect()
     manager = RecordingManager()
-    export_manager(bus, manager, Authorizer(bus, timeout=30))
+    interface = export_manager(bus, manager, Authorizer(bus, timeout=30))
     assert await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE) is RequestNameReply.PRIMARY_OWNER
     client = await connect_client(private_bus.address)
     try:
-        yield Service(bus, client, manager)
+        yield Service(bus, client, manager, interface)
     finally:
         client.disconnect()
         bus.disconnect()
@@ -379,7 +403,6 @@ def world_daemon(
     shared_world: Any, module_bus: PrivateBus, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonProcess]:
     """The real daemon in the shared test world's host namespace, on ``module_bus``."""
-    pytest.importorskip("nordwgd.manager", reason="the Manager facade is not in this tree")
     directory = tmp_path_factory.mktemp("daemon")
     config = shared_world.write_config(directory / "nordwgd.toml")
     daemon = DaemonProcess(

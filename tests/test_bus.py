@@ -98,7 +98,7 @@ async def test_properties_are_read_only(service: Service) -> None:
         interface="org.freedesktop.DBus.Properties",
     )
     assert reply.message_type is MessageType.ERROR
-    assert service.manager.props["Lockdown"] is False
+    assert service.manager.current.lockdown is False
 
 
 async def test_connect_passes_string_options(service: Service) -> None:
@@ -186,7 +186,7 @@ async def test_every_method_happy_path(service: Service) -> None:
         "set_allow_lan",
         "set_token",
     ]
-    assert service.manager.props["Lockdown"] is True
+    assert service.manager.current.lockdown is True
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,21 @@ so it must still show every change, including the counters that change without a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from dbus_fast import Message, MessageFlag, MessageType
 
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME, OBJECT_PATH
-from nordwgd.bus.convert import PROPERTY_SIGNATURES
+from nordwgd.bus.convert import PROPERTY_SIGNATURES, STATUS_PROPERTIES, status_values
 from nordwgd.bus.polkit import Authorizer
 from nordwgd.bus.service import ManagerInterface, install_get_all
-from tests.fixtures_dbus import RecordingManager, Service
+from nordwgd.states import Blocking, ErrorCause, State
+from nordwgd.status import Status
+from tests.fixtures_dbus import RecordingManager, Service, sample_server
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
@@ -32,7 +37,7 @@ async def _get(service: Service, name: str) -> tuple[str, Any]:
 
 
 async def test_getall_equals_every_single_get(service: Service) -> None:
-    service.manager.props["Server"] = {"Hostname": "de1001.nordvpn.com", "Load": 12}
+    service.manager.set(server=sample_server(load=12))
     every = await _get_all(service)
     assert set(every) == set(PROPERTY_SIGNATURES)
     for name in PROPERTY_SIGNATURES:
@@ -41,7 +46,7 @@ async def test_getall_equals_every_single_get(service: Service) -> None:
 
 async def test_getall_shows_signalled_changes(service: Service) -> None:
     assert (await _get_all(service))["State"] == ("s", "disconnected")
-    service.manager.change(State="connecting", Blocking="blocked")
+    service.manager.change(state=State.CONNECTING, blocking=Blocking.BLOCKED)
     after = await _get_all(service)
     assert after["State"] == ("s", "connecting")
     assert after["Blocking"] == ("s", "blocked")
@@ -49,21 +54,79 @@ async def test_getall_shows_signalled_changes(service: Service) -> None:
 
 async def test_getall_shows_counters_that_change_without_a_signal(service: Service) -> None:
     assert (await _get_all(service))["RxBytes"] == ("t", 0)
-    service.manager.props.update(RxBytes=4096, TxBytes=512, LatestHandshake=1_700_000_000)
+    service.manager.set(rx_bytes=4096, tx_bytes=512, latest_handshake=1_700_000_000)
     after = await _get_all(service)
     assert after["RxBytes"] == ("t", 4096)
     assert after["TxBytes"] == ("t", 512)
     assert await _get(service, "LatestHandshake") == ("t", 1_700_000_000)
 
 
-async def test_getall_sees_a_nested_value_changed_in_place(service: Service) -> None:
-    server: dict[str, object] = {"Hostname": "de1001.nordvpn.com"}
-    service.manager.props["Server"] = server
+async def test_getall_sees_a_new_server(service: Service) -> None:
+    service.manager.set(server=sample_server())
     first = await _get_all(service)
-    assert first["Server"][1]["Hostname"].value == "de1001.nordvpn.com"
-    server["Hostname"] = "nl2002.nordvpn.com"
+    assert first["Server"][1]["hostname"].value == "de1001.nordvpn.com"
+    service.manager.set(server=sample_server("nl2002.nordvpn.com"))
     second = await _get_all(service)
-    assert second["Server"][1]["Hostname"].value == "nl2002.nordvpn.com"
+    assert second["Server"][1]["hostname"].value == "nl2002.nordvpn.com"
+
+
+# The core publishes one frozen, typed value; the adapter alone names the properties ----------
+
+
+def test_status_is_frozen() -> None:
+    status = Status()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        status.state = State.CONNECTED  # type: ignore[misc]
+
+
+def test_every_status_field_is_a_property_and_every_property_a_field() -> None:
+    """A field added to Status without its mapping (or the reverse) is caught here."""
+    status = Status(
+        state=State.ERROR,
+        error_cause=ErrorCause.AUTH_FAILED,
+        blocking=Blocking.BLOCKED,
+        lockdown=True,
+        allow_lan=True,
+        mode="namespace",
+        server=sample_server(),
+        interface="nordlynx",
+        tunnel_address="10.5.0.2/32",
+        connected_since=1,
+        version="9",
+        latest_handshake=2,
+        rx_bytes=3,
+        tx_bytes=4,
+        forwarded_port=5,
+    )
+    values = status_values(status)
+    mapped: dict[str, str] = {}
+    for field in dataclasses.fields(Status):
+        assert getattr(status, field.name) != field.default, f"give {field.name} a value above"
+        default = dataclasses.replace(status, **{field.name: field.default})
+        changed = [name for name, value in status_values(default).items() if values[name] != value]
+        assert len(changed) == 1, (field.name, changed)
+        mapped[field.name] = changed[0]
+    assert sorted(mapped.values()) == sorted(STATUS_PROPERTIES)
+
+
+def test_the_core_never_names_properties() -> None:
+    """Property names live in the adapter only; the adapter needs no type escapes for them."""
+    root = Path(__file__).resolve().parent.parent / "nordwgd"
+    for module in ("machine.py", "manager.py", "status.py"):
+        text = (root / module).read_text()
+        for name in ('"State"', '"Blocking"', '"Server"', '"RxBytes"'):
+            assert name not in text, (module, name)
+    assert "type: ignore" not in (root / "bus" / "service.py").read_text()
+
+
+async def test_one_signal_per_published_status(service: Service) -> None:
+    """A transition publishes one status; the adapter names only the properties it changed."""
+    signals: list[dict[str, Any]] = []
+    assert service.interface is not None
+    service.interface.emit_properties_changed = signals.append  # type: ignore[method-assign]
+    service.manager.set(rx_bytes=999)  # a counter: never signalled
+    service.manager.change(state=State.CONNECTING, blocking=Blocking.BLOCKED)
+    assert signals == [{"State": "connecting", "Blocking": "blocked"}]
 
 
 async def test_getall_of_another_interface_is_left_to_dbus_fast(service: Service) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from nordwgd.states import Blocking, State
 from tests.fixtures_dbus import PYTHON, REPO, DaemonProcess, PrivateBus, Service
 
 
@@ -62,7 +63,7 @@ async def test_status_json(service: Service, private_bus: PrivateBus) -> None:
 
 
 async def test_status_human(service: Service, private_bus: PrivateBus) -> None:
-    service.manager.props["State"] = "hibernating"  # a state from a newer daemon
+    service.manager.set(state="hibernating")  # a state from a newer daemon
     result = await nordwgctl("--bus", private_bus.address, "status")
     assert result.code == 0, result.err
     assert "State:      unknown (hibernating)" in result.out
@@ -88,7 +89,7 @@ async def test_connect_follows_state_until_connected(
     assert ("connect", {"country": "germany", "group": "P2P"}) in service.manager.calls
     result = await nordwgctl("--bus", private_bus.address, "disconnect")
     assert result.code == 0, result.err
-    assert service.manager.props["State"] == "disconnected"
+    assert service.manager.current.state == "disconnected"
 
 
 @pytest.mark.parametrize(
@@ -125,7 +126,7 @@ async def test_connect_wait_ends_when_the_daemon_leaves(
     service: Service, private_bus: PrivateBus
 ) -> None:
     async def connect_and_stall(options: dict[str, str]) -> None:
-        service.manager.change(State="connecting", Blocking="blocked")
+        service.manager.change(state=State.CONNECTING, blocking=Blocking.BLOCKED)
         # The daemon goes away in the middle of connecting (a crash, a stop).
         asyncio.get_running_loop().call_later(1.0, service.bus.disconnect)
 
@@ -147,7 +148,7 @@ async def test_login_reads_the_token_from_stdin(service: Service, private_bus: P
 async def test_set_and_check(service: Service, private_bus: PrivateBus) -> None:
     result = await nordwgctl("--bus", private_bus.address, "set", "lockdown", "on")
     assert result.code == 0 and result.out.strip() == "lockdown: on"
-    assert service.manager.props["Lockdown"] is True
+    assert service.manager.current.lockdown is True
     result = await nordwgctl("--bus", private_bus.address, "check", "--json")
     assert result.code == 0
     assert json.loads(result.out)["healthy"] is True
@@ -172,7 +173,7 @@ async def test_monitor_prints_changes(service: Service, private_bus: PrivateBus)
         assert process.stdout is not None
         first = await asyncio.wait_for(process.stdout.readline(), 60)
         assert first.decode().startswith("State: disconnected")
-        service.manager.change(State="connecting")
+        service.manager.change(state=State.CONNECTING)
         line = await asyncio.wait_for(process.stdout.readline(), 30)
         assert line.decode().strip() == "State: connecting"
     finally:

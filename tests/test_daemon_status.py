@@ -1,45 +1,67 @@
-"""The STATUS= line that `systemctl status nordwgd` shows."""
+"""The STATUS= line that `systemctl status nordwgd` shows, and what a stop keeps."""
 
 from __future__ import annotations
 
 import pytest
 
-from nordwgd.daemon import status_line
+from nordwgd.daemon import keep_blocking_on_stop, status_line
+from nordwgd.states import Blocking, ErrorCause, State
+from nordwgd.status import Status
+from tests.fixtures_dbus import sample_server
 
-SERVER = {"hostname": "de1001.nordvpn.com", "city": "Frankfurt", "country": "Germany"}
+SERVER = sample_server(city="Frankfurt", country="Germany")
 
 
 @pytest.mark.parametrize(
-    ("properties", "line"),
+    ("status", "line"),
     [
         (
-            {"State": "connected", "Blocking": "blocked", "Server": SERVER},
+            Status(state=State.CONNECTED, blocking=Blocking.BLOCKED, server=SERVER),
             "connected to de1001.nordvpn.com (Frankfurt, Germany); "
             "traffic outside the tunnel blocked",
         ),
         (
-            {"State": "connecting", "Blocking": "blocked", "Server": SERVER},
+            Status(state=State.CONNECTING, blocking=Blocking.BLOCKED, server=SERVER),
             "connecting to de1001.nordvpn.com (Frankfurt, Germany); "
             "traffic outside the tunnel blocked",
         ),
         (
-            {"State": "connecting", "Blocking": "blocked", "Server": {}},
+            Status(state=State.CONNECTING, blocking=Blocking.BLOCKED),
             "connecting; traffic outside the tunnel blocked",
         ),
         (
-            {"State": "error", "ErrorCause": "auth-failed", "Blocking": "blocked"},
+            Status(
+                state=State.ERROR, error_cause=ErrorCause.AUTH_FAILED, blocking=Blocking.BLOCKED
+            ),
             "error: auth-failed; traffic outside the tunnel blocked",
         ),
         (
-            {"State": "error", "ErrorCause": "firewall-failed", "Blocking": "block-failed"},
+            Status(
+                state=State.ERROR,
+                error_cause=ErrorCause.FIREWALL_FAILED,
+                blocking=Blocking.BLOCK_FAILED,
+            ),
             "error: firewall-failed; FIREWALL FAILED, check the journal",
         ),
-        ({"State": "disconnected", "Blocking": "open"}, "disconnected; traffic open"),
+        (Status(), "disconnected; traffic open"),
         (
-            {"State": "disconnected", "Blocking": "blocked", "Lockdown": True},
+            Status(blocking=Blocking.BLOCKED, lockdown=True),
             "disconnected; traffic outside the tunnel blocked",
         ),
     ],
 )
-def test_status_line(properties: dict[str, object], line: str) -> None:
-    assert status_line(properties) == line
+def test_status_line(status: Status, line: str) -> None:
+    assert status_line(status) == line
+
+
+@pytest.mark.parametrize(
+    ("status", "keep"),
+    [
+        (Status(), False),
+        (Status(lockdown=True), True),
+        (Status(state=State.CONNECTED), True),
+        (Status(state=State.ERROR), True),
+    ],
+)
+def test_keep_blocking_on_stop(status: Status, keep: bool) -> None:
+    assert keep_blocking_on_stop(status) is keep

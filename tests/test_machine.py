@@ -10,7 +10,7 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import fields, replace
 from ipaddress import IPv4Address, IPv4Interface, ip_network
 
 import pytest
@@ -22,17 +22,17 @@ from nordwgd.machine import Machine, Tuning
 from nordwgd.model import Endpoint, Secret, Server, TunnelParams
 from nordwgd.planner import Place, Target
 from nordwgd.states import State
+from nordwgd.status import Status
 from nordwgd.wireguard import PeerStats
 
 WAIT = 5.0  # upper bound for waits on state; never an assertion about speed
 TARGET = Target(places=(Place(81, None, "Germany"),), options=(("country", "DE"),))
 
 
-def on_server(hostname: str, state: str | None = None) -> Callable[[dict[str, object]], bool]:
-    def predicate(props: dict[str, object]) -> bool:
-        server = props["Server"]
-        assert isinstance(server, dict)
-        return server.get("hostname") == hostname and state in (None, props["State"])
+def on_server(hostname: str, state: str | None = None) -> Callable[[Status], bool]:
+    def predicate(status: Status) -> bool:
+        server = status.server
+        return server is not None and server.hostname == hostname and state in (None, status.state)
 
     return predicate
 
@@ -179,16 +179,28 @@ class Harness:
         self.machine = machine
         self.engine = engine
         self.planner = planner
+        # What each published status changed, by field (the counters are never published).
         self.notifications: list[dict[str, object]] = []
+        self._last = machine.status
         self.targets: list[Target | None] = []
         self.settings: list[tuple[bool, bool]] = []
-        machine.subscribe(self.notifications.append)
+        machine.subscribe(self._published)
+
+    def _published(self, status: Status) -> None:
+        changed = {
+            field.name: getattr(status, field.name)
+            for field in fields(Status)
+            if getattr(status, field.name) != getattr(self._last, field.name)
+            and field.name not in ("rx_bytes", "tx_bytes", "latest_handshake")
+        }
+        self._last = status
+        self.notifications.append(changed)
 
     def states(self) -> list[object]:
-        return [n["State"] for n in self.notifications if "State" in n]
+        return [n["state"] for n in self.notifications if "state" in n]
 
-    async def wait_state(self, state: State) -> dict[str, object]:
-        return await self.machine.wait_for(lambda p: p["State"] == state.value, WAIT)
+    async def wait_state(self, state: State) -> Status:
+        return await self.machine.wait_for(lambda status: status.state == state, WAIT)
 
 
 def build(
@@ -244,11 +256,11 @@ async def test_start_applies_the_disconnected_policy_first() -> None:
     await harness.machine.start()
     try:
         assert harness.engine.policies() == [(State.DISCONNECTED, None)]
-        props = harness.machine.properties()
-        assert props["State"] == "disconnected"
-        assert props["Blocking"] == "open"
-        assert props["Version"] == "0.1.0"
-        assert props["Mode"] == "host"
+        props = harness.machine.status
+        assert props.state == "disconnected"
+        assert props.blocking == "open"
+        assert props.version == "0.1.0"
+        assert props.mode == "host"
     finally:
         await harness.machine.stop(keep_blocking=False)
     assert harness.engine.kinds()[-1] == "remove_policy"
@@ -258,7 +270,7 @@ async def test_start_with_lockdown_blocks() -> None:
     harness = build(lockdown=True)
     await harness.machine.start()
     try:
-        assert harness.machine.properties()["Blocking"] == "blocked"
+        assert harness.machine.status.blocking == "blocked"
         assert harness.engine.calls[0] == ("policy", State.DISCONNECTED, None, True, False)
     finally:
         await harness.machine.stop(keep_blocking=True)
@@ -276,12 +288,12 @@ async def test_connect_applies_policy_before_tunnel(started: Harness) -> None:
         ("wait_handshake", server.hostname),
         ("policy", State.CONNECTED, server.endpoint, False, False),
     ]
-    assert props["Server"]["hostname"] == server.hostname  # type: ignore[index]
-    assert props["Server"]["endpoint"] == "203.0.113.1:51820"  # type: ignore[index]
-    assert props["Interface"] == "nordlynx"
-    assert props["TunnelAddress"] == "10.5.0.2/32"
-    assert props["ConnectedSince"] > 0  # type: ignore[operator]
-    assert props["Blocking"] == "blocked"
+    assert props.server.hostname == server.hostname  # type: ignore[index]
+    assert str(props.server.endpoint) == "203.0.113.1:51820"  # type: ignore[index]
+    assert props.interface == "nordlynx"
+    assert props.tunnel_address == "10.5.0.2/32"
+    assert props.connected_since > 0
+    assert props.blocking == "blocked"
     assert started.states() == ["connecting", "connected"]
     assert started.targets == [TARGET]
 
@@ -291,18 +303,16 @@ async def test_one_notification_per_transition(started: Harness) -> None:
     await started.wait_state(State.CONNECTED)
     started.machine.disconnect()
     await started.wait_state(State.DISCONNECTED)
-    with_state = [n for n in started.notifications if "State" in n]
-    assert [n["State"] for n in with_state] == [
+    with_state = [n for n in started.notifications if "state" in n]
+    assert [n["state"] for n in with_state] == [
         "connecting",
         "connected",
         "disconnecting",
         "disconnected",
     ]
     # The server choice is its own property change, not a second transition.
-    others = [n for n in started.notifications if "State" not in n]
-    assert [sorted(n) for n in others] == [["Server"]]
-    for notification in started.notifications:
-        assert not {"RxBytes", "TxBytes", "LatestHandshake"} & set(notification)
+    others = [n for n in started.notifications if "state" not in n]
+    assert [sorted(n) for n in others] == [["server"]]
 
 
 async def test_disconnect_tears_down_after_blocking(started: Harness) -> None:
@@ -316,10 +326,10 @@ async def test_disconnect_tears_down_after_blocking(started: Harness) -> None:
         ("down",),
         ("policy", State.DISCONNECTED, None, False, False),
     ]
-    assert props["Blocking"] == "open"
-    assert props["Server"] == {}
-    assert props["Interface"] == ""
-    assert props["ConnectedSince"] == 0
+    assert props.blocking == "open"
+    assert props.server is None
+    assert props.interface == ""
+    assert props.connected_since == 0
     assert started.targets[-1] is None
 
 
@@ -331,7 +341,7 @@ async def test_disconnect_with_lockdown_stays_blocked() -> None:
         await harness.wait_state(State.CONNECTED)
         harness.machine.disconnect()
         props = await harness.wait_state(State.DISCONNECTED)
-        assert props["Blocking"] == "blocked"
+        assert props.blocking == "blocked"
     finally:
         await harness.machine.stop(keep_blocking=True)
 
@@ -340,7 +350,7 @@ async def test_falls_back_to_the_next_server_without_handshake(started: Harness)
     started.engine.dead = {"de1.nordvpn.com"}
     started.machine.connect(TARGET)
     props = await started.wait_state(State.CONNECTED)
-    assert props["Server"]["hostname"] == "de2.nordvpn.com"  # type: ignore[index]
+    assert props.server.hostname == "de2.nordvpn.com"  # type: ignore[index]
     assert started.planner.failed == ["de1.nordvpn.com"]
     assert started.planner.calls == [(0, frozenset()), (1, frozenset({"de1.nordvpn.com"}))]
     # The dead server's tunnel came down, and the pinhole moved to the next server.
@@ -358,14 +368,14 @@ async def test_no_handshake_from_any_server_is_tunnel_failed_and_retried() -> No
     try:
         harness.machine.connect(TARGET)
         props = await harness.wait_state(State.ERROR)
-        assert props["ErrorCause"] == "tunnel-failed"
-        assert props["Blocking"] == "blocked"
+        assert props.error_cause == "tunnel-failed"
+        assert props.blocking == "blocked"
         assert harness.engine.up is None
         assert len(harness.planner.failed) == 3
         # Transient: the machine retries by itself, and succeeds once a server answers.
         harness.engine.dead.clear()
         props = await harness.wait_state(State.CONNECTED)
-        assert props["ErrorCause"] == ""
+        assert props.error_cause == ""
         assert harness.states()[:3] == ["connecting", "error", "connecting"]
     finally:
         await harness.machine.stop(keep_blocking=False)
@@ -378,7 +388,7 @@ async def test_fewer_servers_than_attempts_ends_in_tunnel_failed() -> None:
     try:
         harness.machine.connect(TARGET)
         props = await harness.wait_state(State.ERROR)
-        assert props["ErrorCause"] == "tunnel-failed"
+        assert props.error_cause == "tunnel-failed"
     finally:
         await harness.machine.stop(keep_blocking=False)
 
@@ -402,8 +412,8 @@ async def test_api_errors_set_their_cause(
     try:
         harness.machine.connect(TARGET)
         props = await harness.wait_state(State.ERROR)
-        assert props["ErrorCause"] == cause
-        assert props["Blocking"] == "blocked"  # the error policy, never open
+        assert props.error_cause == cause
+        assert props.blocking == "blocked"  # the error policy, never open
         assert harness.engine.policies()[-1] == (State.ERROR, None)
         assert "up" not in harness.engine.kinds()
         calls_before = len(harness.planner.calls)
@@ -421,7 +431,7 @@ async def test_api_unavailable_without_a_route_is_offline() -> None:
     try:
         harness.machine.connect(TARGET)
         props = await harness.wait_state(State.ERROR)
-        assert props["ErrorCause"] == "offline"
+        assert props.error_cause == "offline"
         harness.planner.error = None
         harness.engine.online = True
         await harness.wait_state(State.CONNECTED)  # offline is transient: retried
@@ -436,7 +446,7 @@ async def test_routing_failure_is_not_blamed_on_the_server(started: Harness) -> 
     started.engine.tunnel_up = failing_up  # type: ignore[method-assign]
     started.machine.connect(TARGET)
     props = await started.wait_state(State.ERROR)
-    assert props["ErrorCause"] == "routing-failed"
+    assert props.error_cause == "routing-failed"
     assert started.planner.failed == []
 
 
@@ -452,7 +462,7 @@ async def test_tunnel_failure_moves_to_the_next_server(started: Harness) -> None
     started.engine.tunnel_up = flaky_up  # type: ignore[method-assign]
     started.machine.connect(TARGET)
     props = await started.wait_state(State.CONNECTED)
-    assert props["Server"]["hostname"] == "de2.nordvpn.com"  # type: ignore[index]
+    assert props.server.hostname == "de2.nordvpn.com"  # type: ignore[index]
     assert started.planner.failed == ["de1.nordvpn.com"]
 
 
@@ -479,11 +489,11 @@ async def test_reconnect_when_disconnected_connects_to_the_given_target(started:
 async def test_disconnect_interrupts_a_pending_handshake(started: Harness) -> None:
     started.engine.hang_handshake = True
     started.machine.connect(TARGET)
-    await started.machine.wait_for(lambda p: p["Server"] != {}, WAIT)
+    await started.machine.wait_for(lambda p: p.server is not None, WAIT)
     await asyncio.sleep(0.05)
     started.machine.disconnect()
     props = await started.wait_state(State.DISCONNECTED)
-    assert props["Blocking"] == "open"
+    assert props.blocking == "open"
     assert started.engine.up is None
 
 
@@ -516,9 +526,9 @@ async def test_firewall_failure_on_entering_a_state_blocks_everything(started: H
     started.engine.fail_policy = {State.CONNECTED}
     started.machine.connect(TARGET)
     props = await started.wait_state(State.ERROR)
-    assert props["Blocking"] == "block-failed"
-    assert props["ErrorCause"] == "firewall-failed"
-    assert props["Server"] == {}
+    assert props.blocking == "block-failed"
+    assert props.error_cause == "firewall-failed"
+    assert props.server is None
     assert "block_all" in started.engine.kinds()
     assert started.engine.up is None  # the tunnel does not outlive a failed policy
     assert started.states() == ["connecting", "error"]
@@ -530,10 +540,10 @@ async def test_firewall_failure_at_start_is_visible() -> None:
     harness.engine.fail_block_all = True
     await harness.machine.start()
     try:
-        props = harness.machine.properties()
-        assert props["State"] == "error"
-        assert props["Blocking"] == "block-failed"
-        assert props["ErrorCause"] == "firewall-failed"
+        props = harness.machine.status
+        assert props.state == "error"
+        assert props.blocking == "block-failed"
+        assert props.error_cause == "firewall-failed"
     finally:
         await harness.machine.stop(keep_blocking=True)
 
@@ -542,13 +552,13 @@ async def test_set_lockdown_reapplies_the_current_policy(started: Harness) -> No
     started.engine.calls.clear()
     await started.machine.set_lockdown(True)
     assert started.engine.calls == [("policy", State.DISCONNECTED, None, True, False)]
-    props = started.machine.properties()
-    assert props["Lockdown"] is True
-    assert props["Blocking"] == "blocked"
-    assert started.notifications[-1] == {"Lockdown": True, "Blocking": "blocked"}
+    props = started.machine.status
+    assert props.lockdown is True
+    assert props.blocking == "blocked"
+    assert started.notifications[-1] == {"lockdown": True, "blocking": "blocked"}
     assert started.settings == [(True, False)]
     await started.machine.set_lockdown(False)
-    assert started.machine.properties()["Blocking"] == "open"
+    assert started.machine.status.blocking == "open"
     assert started.settings == [(True, False), (False, False)]
 
 
@@ -559,7 +569,7 @@ async def test_set_allow_lan_reapplies_the_connected_policy(started: Harness) ->
     await started.machine.set_allow_lan(True)
     endpoint = make_server(1).endpoint
     assert started.engine.calls == [("policy", State.CONNECTED, endpoint, False, True)]
-    assert started.notifications[-1] == {"AllowLan": True}
+    assert started.notifications[-1] == {"allow_lan": True}
     assert started.machine.state == State.CONNECTED
 
 
@@ -568,8 +578,8 @@ async def test_setting_that_cannot_be_applied_ends_in_error(started: Harness) ->
     with pytest.raises(errors.FirewallFailed):
         await started.machine.set_lockdown(True)
     props = await started.wait_state(State.ERROR)
-    assert props["Blocking"] == "block-failed"
-    assert props["ErrorCause"] == "firewall-failed"
+    assert props.blocking == "block-failed"
+    assert props.error_cause == "firewall-failed"
 
 
 async def test_resume_blocks_then_connects() -> None:
@@ -654,7 +664,7 @@ async def test_check_health_reports_details(started: Harness) -> None:
     assert healthy
     assert details["rx_bytes"] == 1000
     assert 0 <= details["handshake_age"] < 60  # type: ignore[operator]
-    assert started.machine.properties()["RxBytes"] == 1000
+    assert started.machine.status.rx_bytes == 1000
 
 
 async def test_alive_follows_the_loop_and_the_tunnel_monitor() -> None:
@@ -681,8 +691,8 @@ async def test_counters_belong_to_the_tunnel(started: Harness) -> None:
     await started.wait_state(State.CONNECTED)
     await started.machine.statistics()
     await asyncio.sleep(0.2)  # the tunnel monitor records the counters
-    assert started.machine.properties()["RxBytes"] == 1000
+    assert started.machine.status.rx_bytes == 1000
     started.machine.disconnect()
     properties = await started.wait_state(State.DISCONNECTED)
-    counters = [properties[name] for name in ("LatestHandshake", "RxBytes", "TxBytes")]
+    counters = [properties.latest_handshake, properties.rx_bytes, properties.tx_bytes]
     assert counters == [0, 0, 0]

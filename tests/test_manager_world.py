@@ -28,18 +28,22 @@ DRIVER = r"""
 import asyncio, json, logging, sys
 from pathlib import Path
 
+from nordwgd.bus.convert import plain, status_values
 from nordwgd.config import load_config
 from nordwgd.errors import NordwgdError
 from nordwgd.machine import Tuning
 from nordwgd.manager import Manager
 
+def props(status):
+    return plain(status_values(status))
+
 def emit(message):
     sys.stdout.write(json.dumps(message, default=str) + "\n")
     sys.stdout.flush()
 
-def matches(props, want):
-    server = props["Server"].get("hostname", "")
-    if "State" in want and props["State"] != want["State"]:
+def matches(status, want):
+    server = status.server.hostname if status.server is not None else ""
+    if "State" in want and status.state != want["State"]:
         return False
     if "hostname" in want and server != want["hostname"]:
         return False
@@ -55,9 +59,9 @@ async def main():
     config = load_config(Path(sys.argv[1]))
     tuning = Tuning(health_tick=0.5, retry_base=0.5, retry_max=2.0, failover_min_interval=2.0)
     manager = Manager(config, tuning=tuning)
-    manager.subscribe(lambda changed: emit({"event": "changed", "changed": changed}))
+    manager.subscribe(lambda status: emit({"event": "changed", "changed": props(status)}))
     await manager.start()
-    emit({"event": "started", "props": manager.properties()})
+    emit({"event": "started", "props": props(manager.status())})
     loop = asyncio.get_running_loop()
     while True:
         line = await loop.run_in_executor(None, sys.stdin.readline)
@@ -75,7 +79,9 @@ async def main():
                 result = None
             elif op == "wait":
                 want = command["want"]
-                result = await manager.wait_for(lambda p: matches(p, want), command["limit"])
+                result = props(
+                    await manager.wait_for(lambda p: matches(p, want), command["limit"])
+                )
             elif op == "statistics":
                 result = await manager.get_statistics()
             elif op == "stop":
@@ -87,7 +93,7 @@ async def main():
         except NordwgdError as error:
             emit({"reply": "error", "error": error.nick, "message": str(error)})
         except TimeoutError:
-            emit({"reply": "timeout", "props": manager.properties()})
+            emit({"reply": "timeout", "props": props(manager.status())})
         else:
             emit({"reply": "ok", "result": result})
 
@@ -146,7 +152,12 @@ class Driver:
         return result
 
     def states(self) -> list[str]:
-        return [change["State"] for change in self.changes if "State" in change]
+        """The states of the published statuses, each transition once."""
+        states: list[str] = []
+        for change in self.changes:
+            if not states or states[-1] != change["State"]:
+                states.append(change["State"])
+        return states
 
     def tail(self) -> str:
         try:
@@ -327,16 +338,16 @@ async def test_manager_connect_needs_a_token_and_good_options(manager: Any) -> N
     token_file = config.paths.state_dir / "token"
     assert token_file.stat().st_mode & 0o777 == 0o600
     await built.connect({"country": "DE"})
-    props = await built.wait_for(lambda p: p["State"] == "connected", 10)
-    assert props["Server"]["hostname"] == "de1001.nordvpn.com"
+    status = await built.wait_for(lambda p: p.state == "connected", 10)
+    assert status.server is not None and status.server.hostname == "de1001.nordvpn.com"
     record = json.loads((config.paths.runtime_dir / "target.json").read_text())
     assert record == {"options": {"country": "DE"}}
     # Logout keeps the tunnel until Disconnect (like NetworkManager).
     await built.logout()
     assert not token_file.exists()
-    assert built.properties()["State"] == "connected"
+    assert built.status().state == "connected"
     await built.disconnect()
-    await built.wait_for(lambda p: p["State"] == "disconnected", 10)
+    await built.wait_for(lambda p: p.state == "disconnected", 10)
     assert not (config.paths.runtime_dir / "target.json").exists()
 
 
@@ -348,7 +359,7 @@ async def test_manager_settings_persist(manager: Any) -> None:
     await built.set_allow_lan(True)
     saved = load_settings(config)
     assert (saved.lockdown, saved.allow_lan) == (True, True)
-    assert built.properties()["Blocking"] == "blocked"
+    assert built.status().blocking == "blocked"
     assert engine.calls[-1][3:] == (True, True)
 
 

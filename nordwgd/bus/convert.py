@@ -6,12 +6,13 @@ options must use known keys whose variants hold strings of a sane length.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dbus_fast import Variant
 
 from nordwgd.errors import InvalidArgument
+from nordwgd.status import Status, server_properties
 
 MAX_STRING = 256
 """Longest string accepted from a caller (hostnames are at most 253 characters)."""
@@ -20,23 +21,28 @@ CONNECT_KEYS = frozenset({"country", "city", "group", "server"})
 FILTER_KEYS = frozenset({"country", "city", "group", "server"})
 DIAGNOSE_MODES = frozenset({"basic", "full"})
 
-# Signature of every Manager property, in the order of the introspection XML.
+# Every Manager property: its signature and where its value is in the core's ``Status``, in
+# the order of the introspection XML. The only place that knows the properties' names.
+STATUS_PROPERTIES: dict[str, tuple[str, Callable[[Status], object]]] = {
+    "State": ("s", lambda status: status.state),
+    "ErrorCause": ("s", lambda status: status.error_cause),
+    "Blocking": ("s", lambda status: status.blocking),
+    "Lockdown": ("b", lambda status: status.lockdown),
+    "AllowLan": ("b", lambda status: status.allow_lan),
+    "Mode": ("s", lambda status: status.mode),
+    "Server": ("a{sv}", lambda status: server_properties(status.server)),
+    "Interface": ("s", lambda status: status.interface),
+    "TunnelAddress": ("s", lambda status: status.tunnel_address),
+    "ConnectedSince": ("t", lambda status: status.connected_since),
+    "Version": ("s", lambda status: status.version),
+    "LatestHandshake": ("t", lambda status: status.latest_handshake),
+    "RxBytes": ("t", lambda status: status.rx_bytes),
+    "TxBytes": ("t", lambda status: status.tx_bytes),
+    "ForwardedPort": ("q", lambda status: status.forwarded_port),
+}
+
 PROPERTY_SIGNATURES: dict[str, str] = {
-    "State": "s",
-    "ErrorCause": "s",
-    "Blocking": "s",
-    "Lockdown": "b",
-    "AllowLan": "b",
-    "Mode": "s",
-    "Server": "a{sv}",
-    "Interface": "s",
-    "TunnelAddress": "s",
-    "ConnectedSince": "t",
-    "Version": "s",
-    "LatestHandshake": "t",
-    "RxBytes": "t",
-    "TxBytes": "t",
-    "ForwardedPort": "q",
+    name: signature for name, (signature, _) in STATUS_PROPERTIES.items()
 }
 
 # Counters change with every packet; clients poll them (or call GetStatistics) instead.
@@ -110,6 +116,13 @@ def to_vardict(mapping: Mapping[str, object]) -> dict[str, Variant]:
     return {str(key): to_variant(value) for key, value in mapping.items() if value is not None}
 
 
+def status_values(status: Status) -> dict[str, Any]:
+    """Every property's D-Bus value for ``status``."""
+    return {
+        name: property_value(name, field(status)) for name, (_, field) in STATUS_PROPERTIES.items()
+    }
+
+
 def property_value(name: str, value: object) -> Any:
     """The Manager's value of property ``name`` coerced to the property's D-Bus signature."""
     signature = PROPERTY_SIGNATURES[name]
@@ -118,7 +131,12 @@ def property_value(name: str, value: object) -> Any:
     if signature == "b":
         return bool(value)
     if signature in _UINT_LIMITS:
-        number = 0 if value is None else int(value)  # type: ignore[call-overload]
+        if value is None:
+            number = 0
+        elif isinstance(value, int | float | str):
+            number = int(value)
+        else:
+            raise TypeError(f"property {name} must be a number, not {type(value).__name__}")
         return min(max(number, 0), _UINT_LIMITS[signature])
     if signature == "a{sv}":
         if value is None:

@@ -3,13 +3,13 @@
 Each method checks its arguments, authorizes the caller through polkit when the method
 changes something, calls the Manager, and maps a nordwgd error to its D-Bus error name. The
 reply is sent exactly once by dbus-fast when the coroutine returns or raises. Properties are
-read-only views of ``Manager.properties()``; changes the Manager reports are forwarded as
-``PropertiesChanged``.
+read-only views of the core's ``Status`` (``Manager.status()``), named by
+``nordwgd.bus.convert.STATUS_PROPERTIES``; each new status the Manager publishes is forwarded as
+one ``PropertiesChanged`` of the properties that differ.
 """
 
 # No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus signatures from the
 # evaluated annotations, and a string "None" return annotation would not mean "no reply body".
-import copy
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,12 +38,13 @@ from nordwgd.bus.convert import (
     PROPERTY_SIGNATURES,
     QUIET_PROPERTIES,
     check_string,
-    property_value,
+    status_values,
     string_options,
     to_vardict,
 )
 from nordwgd.bus.errors import error_name, internal_error, to_dbus_error
 from nordwgd.bus.polkit import ACTION_CONFIGURE, ACTION_CONTROL, CallerGone
+from nordwgd.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,8 @@ HealthReply = Annotated[tuple[bool, dict[str, Variant]], DBusSignature("ba{sv}")
 class ManagerFacade(Protocol):
     """What the D-Bus layer uses of ``nordwgd.manager.Manager``."""
 
-    def properties(self) -> dict[str, object]: ...
-    def subscribe(self, callback: Callable[[dict[str, object]], None]) -> None: ...
+    def status(self) -> Status: ...
+    def subscribe(self, callback: Callable[[Status], None]) -> None: ...
     async def connect(self, options: Mapping[str, str]) -> None: ...
     async def disconnect(self) -> None: ...
     async def reconnect(self) -> None: ...
@@ -139,45 +140,67 @@ class ManagerInterface(ServiceInterface):
         super().__init__(INTERFACE_NAME)
         self._manager = manager
         self._authorizer = authorizer
-        # The Manager's values last converted, and their D-Bus forms (see ``variants``).
-        self._raw: dict[str, object] | None = None
+        # The status last converted, and its D-Bus forms (see ``variants``).
+        self._status: Status | None = None
         self._values: dict[str, Any] = {}
         self._variants: dict[str, Variant] = {}
+        # The values last signalled, to name only the properties that changed.
+        self._signalled = self._convert(manager.status())
         manager.subscribe(self._forward_changes)
 
-    def _forward_changes(self, changed: dict[str, object]) -> None:
-        values: dict[str, Any] = {}
-        for name, value in changed.items():
-            if name in QUIET_PROPERTIES:
-                continue
-            try:
-                values[name] = property_value(name, value)
-            except (KeyError, TypeError, ValueError):
-                logger.warning("not signalling unknown or malformed property %s", name)
-        if values:
-            self.emit_properties_changed(values)
+    def _convert(self, status: Status) -> dict[str, Any]:
+        try:
+            return status_values(status)
+        except (TypeError, ValueError):
+            logger.exception("cannot convert the status to properties")
+            return dict(self._values)
+
+    def _forward_changes(self, status: Status) -> None:
+        values = self._convert(status)
+        changed = {
+            name: value
+            for name, value in values.items()
+            if name not in QUIET_PROPERTIES and self._signalled.get(name) != value
+        }
+        self._signalled = values
+        if changed:
+            self.emit_properties_changed(changed)
 
     def variants(self) -> dict[str, Variant]:
         """Every property as a Variant: the ``GetAll`` answer.
 
-        Converted again only when the Manager's values differ from the last call's. Comparing
-        is cheaper than converting, and unlike change notifications it also sees the counters,
-        which change without one.
+        Converted again only for a new status (the counters change without a signal, so a new
+        status may come without one).
         """
-        raw = self._manager.properties()
-        if raw != self._raw:
-            values = {name: property_value(name, raw.get(name)) for name in PROPERTY_SIGNATURES}
+        status = self._manager.status()
+        if status is not self._status and status != self._status:
+            values = self._convert(status)
             self._variants = {
                 name: Variant(PROPERTY_SIGNATURES[name], value) for name, value in values.items()
             }
             self._values = values
-            # A copy: a Manager may hand out (and later change) its own dictionaries.
-            self._raw = copy.deepcopy(raw)
+            self._status = status
         return self._variants
 
-    def _property(self, name: str) -> Any:
-        self.variants()
-        return self._values[name]
+    def _text(self, name: str) -> str:
+        value: object = self.variants()[name].value
+        assert isinstance(value, str), name
+        return value
+
+    def _flag(self, name: str) -> bool:
+        value: object = self.variants()[name].value
+        assert isinstance(value, bool), name
+        return value
+
+    def _number(self, name: str) -> int:
+        value: object = self.variants()[name].value
+        assert isinstance(value, int), name
+        return value
+
+    def _dict(self, name: str) -> dict[str, Variant]:
+        value: object = self.variants()[name].value
+        assert isinstance(value, dict), name
+        return value
 
     async def _authorize(self, action: str) -> None:
         sender = _sender.get()
@@ -196,63 +219,63 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def State(self) -> DBusStr:
-        return self._property("State")  # type: ignore[no-any-return]
+        return self._text("State")
 
     @dbus_property(access=PropertyAccess.READ)
     def ErrorCause(self) -> DBusStr:
-        return self._property("ErrorCause")  # type: ignore[no-any-return]
+        return self._text("ErrorCause")
 
     @dbus_property(access=PropertyAccess.READ)
     def Blocking(self) -> DBusStr:
-        return self._property("Blocking")  # type: ignore[no-any-return]
+        return self._text("Blocking")
 
     @dbus_property(access=PropertyAccess.READ)
     def Lockdown(self) -> DBusBool:
-        return self._property("Lockdown")  # type: ignore[no-any-return]
+        return self._flag("Lockdown")
 
     @dbus_property(access=PropertyAccess.READ)
     def AllowLan(self) -> DBusBool:
-        return self._property("AllowLan")  # type: ignore[no-any-return]
+        return self._flag("AllowLan")
 
     @dbus_property(access=PropertyAccess.READ)
     def Mode(self) -> DBusStr:
-        return self._property("Mode")  # type: ignore[no-any-return]
+        return self._text("Mode")
 
     @dbus_property(access=PropertyAccess.READ)
     def Server(self) -> DBusDict:
-        return self._property("Server")  # type: ignore[no-any-return]
+        return self._dict("Server")
 
     @dbus_property(access=PropertyAccess.READ)
     def Interface(self) -> DBusStr:
-        return self._property("Interface")  # type: ignore[no-any-return]
+        return self._text("Interface")
 
     @dbus_property(access=PropertyAccess.READ)
     def TunnelAddress(self) -> DBusStr:
-        return self._property("TunnelAddress")  # type: ignore[no-any-return]
+        return self._text("TunnelAddress")
 
     @dbus_property(access=PropertyAccess.READ)
     def ConnectedSince(self) -> DBusUInt64:
-        return self._property("ConnectedSince")  # type: ignore[no-any-return]
+        return self._number("ConnectedSince")
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> DBusStr:
-        return self._property("Version")  # type: ignore[no-any-return]
+        return self._text("Version")
 
     @dbus_property(access=PropertyAccess.READ)
     def LatestHandshake(self) -> DBusUInt64:
-        return self._property("LatestHandshake")  # type: ignore[no-any-return]
+        return self._number("LatestHandshake")
 
     @dbus_property(access=PropertyAccess.READ)
     def RxBytes(self) -> DBusUInt64:
-        return self._property("RxBytes")  # type: ignore[no-any-return]
+        return self._number("RxBytes")
 
     @dbus_property(access=PropertyAccess.READ)
     def TxBytes(self) -> DBusUInt64:
-        return self._property("TxBytes")  # type: ignore[no-any-return]
+        return self._number("TxBytes")
 
     @dbus_property(access=PropertyAccess.READ)
     def ForwardedPort(self) -> DBusUInt16:
-        return self._property("ForwardedPort")  # type: ignore[no-any-return]
+        return self._number("ForwardedPort")
 
     # Control (polkit action org.nordwgd.nordwgd1.control) -----------------------------
 

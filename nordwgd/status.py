@@ -1,0 +1,67 @@
+"""What nordwgd reports about itself: one frozen value, published once per transition.
+
+The state machine replaces its ``Status`` whole at every change and hands the new value to its
+subscribers; nothing outside the machine can change it. Front ends choose their own names for
+the fields (the D-Bus adapter maps them to properties in ``nordwgd.bus.convert``), so adding a
+field is one line here plus one line in each front end that shows it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from nordwgd.model import Server
+from nordwgd.states import Blocking, ErrorCause, State
+
+
+@dataclass(frozen=True)
+class Status:
+    state: State = State.DISCONNECTED
+    error_cause: ErrorCause = ErrorCause.NONE
+    blocking: Blocking = Blocking.OPEN
+    lockdown: bool = False
+    allow_lan: bool = False
+    mode: str = "host"
+    server: Server | None = None  # the server of the tunnel being made or in use
+    interface: str = ""
+    tunnel_address: str = ""  # with its prefix length, e.g. "10.5.0.2/32"
+    connected_since: int = 0  # microseconds since the epoch; 0 when not connected
+    version: str = ""
+    # Counters of the tunnel in use: they change without a transition (clients poll them).
+    latest_handshake: int = 0  # microseconds since the epoch; 0 before the first one
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    forwarded_port: int = 0  # 0 when the provider forwards no port
+
+    def without_counters(self) -> Status:
+        """This status with the counters zeroed: equal values mean no transition happened."""
+        return replace(self, latest_handshake=0, rx_bytes=0, tx_bytes=0)
+
+
+# The tunnel fields that a new or vanished tunnel resets.
+NO_TUNNEL: dict[str, object] = {
+    "server": None,
+    "interface": "",
+    "tunnel_address": "",
+    "connected_since": 0,
+    "latest_handshake": 0,
+    "rx_bytes": 0,
+    "tx_bytes": 0,
+}
+
+
+def server_properties(server: Server | None) -> dict[str, object]:
+    """A server as plain values (the D-Bus ``Server`` property, ``ListServers``); {} for none."""
+    if server is None:
+        return {}
+    return {
+        "hostname": server.hostname,
+        "name": server.name,
+        "country": server.country,
+        "country_code": server.country_code,
+        "city": server.city,
+        "load": server.load,
+        "endpoint": str(server.endpoint),
+        "public_key": server.public_key or "",
+        "groups": list(server.groups),
+    }
