@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
-from nordwgd.errors import ConfigError
+from nordwgd.errors import ConfigError, InvalidArgument
 from nordwgd.model import NORDLYNX_DNS, IPAddress, IPNetwork
+from nordwgd.split.bridges import DEFAULT_BRIDGES, check_patterns
+from nordwgd.split.cgroups import check_slice_name
 
 DEFAULT_CONFIG_PATH = Path("/etc/nordwgd/nordwgd.toml")
 DEFAULT_API_ADDRESSES: tuple[IPAddress, ...] = (
@@ -68,6 +70,14 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class SplitConfig:
+    """[split]: apps that leave outside the tunnel, and local bridges forwarded through it."""
+
+    excluded_slice: str = "nordwgd-excluded.slice"  # processes in it leave by the uplink
+    bridges: tuple[str, ...] = DEFAULT_BRIDGES  # interface names, a trailing * is a wildcard
+
+
+@dataclass(frozen=True)
 class HealthConfig:
     """[health]: how a connection is judged alive."""
 
@@ -106,6 +116,7 @@ class Config:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     token_file: Path | None = None  # a 0600 file holding the token; refused otherwise
     log_level: str = "info"
@@ -454,6 +465,7 @@ _SECTIONS: Mapping[str, tuple[str, ...]] = {
     ),
     "health": ("urls", "attempts", "interval", "timeout", "handshake_timeout", "handshake_max_age"),
     "api": ("host", "addresses", "port", "ca_file", "timeout", "attempts"),
+    "split": ("excluded_slice", "bridges"),
     "paths": ("state_dir", "runtime_dir"),
 }
 _TOP_LEVEL_KEYS = ("token_file", "log_level")
@@ -524,6 +536,30 @@ def _api(t: _Table) -> ApiConfig:
     )
 
 
+def _split(t: _Table) -> SplitConfig:
+    d = SplitConfig()
+    return SplitConfig(
+        excluded_slice=t.get("excluded_slice", _slice_name, d.excluded_slice),
+        bridges=t.get("bridges", _bridge_patterns, d.bridges),
+    )
+
+
+def _slice_name(src: _Source, key: str, value: object) -> str:
+    try:
+        return check_slice_name(_string(src, key, value))
+    except InvalidArgument as error:
+        raise src.error(key, str(error)) from None
+
+
+def _bridge_patterns(src: _Source, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise src.error(key, f"expected a list of interface names, got {_got(value)}")
+    try:
+        return check_patterns(tuple(value))
+    except InvalidArgument as error:
+        raise src.error(key, str(error)) from None
+
+
 def _paths(t: _Table) -> PathsConfig:
     d = PathsConfig()
     return PathsConfig(
@@ -553,6 +589,7 @@ def parse_config(text: str, path: Path) -> Config:
         network=_network_section(section("network")),
         health=_health(section("health")),
         api=_api(section("api")),
+        split=_split(section("split")),
         paths=_paths(section("paths")),
         token_file=top.get("token_file", _absolute_path, None),
         log_level=top.get("log_level", _choice(LOG_LEVELS), "info"),

@@ -19,6 +19,8 @@ from nordwgd.firewall.apply import Firewall
 from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
 from nordwgd.model import Endpoint, IPAddress, TunnelParams
 from nordwgd.runstate import JOURNAL_NAME
+from nordwgd.split.excluded import ExcludedApps
+from nordwgd.split.rules import EXCLUDED_CT_MARK
 from nordwgd.states import Blocking, State
 from nordwgd.wireguard import PeerStats, open_backend
 
@@ -88,6 +90,7 @@ class SystemEngine:
         # reconnecting, error): a tunnel taken down then is a reconnect, and in namespace mode
         # the namespace stays for the next tunnel, so programs that joined it keep it.
         self._tunnel_wanted = False
+        self.excluded = ExcludedApps(config)
 
     async def _get_connection(self) -> Connection:
         if self._connection is None:
@@ -138,6 +141,8 @@ class SystemEngine:
                 tunnel_dns=self._dns,
                 ipv6_tunnel=network.ipv6 == "tunnel",
                 forward_from=network.forward_from if network.mode == "gateway" else (),
+                excluded_ct_mark=EXCLUDED_CT_MARK if self.excluded.enabled else 0,
+                bridges=self._config.split.bridges,
             )
         except InvalidArgument as error:
             raise FirewallFailed(f"no policy for {state.value}: {error}") from error
@@ -149,6 +154,7 @@ class SystemEngine:
         self._tunnel_wanted = state not in (State.DISCONNECTING, State.DISCONNECTED)
         await self._firewall.apply(policy)
         log.info("firewall: %s policy applied (%s)", state.value, policy.blocking)
+        await self.excluded.sync(connected=state == State.CONNECTED)
         return Blocking(policy.blocking)
 
     async def block_all(self) -> Blocking:
@@ -160,6 +166,7 @@ class SystemEngine:
         try:
             await self.tunnel_down()
         finally:
+            await self.excluded.close()
             await self._firewall.remove()
 
     async def tunnel_up(self, params: TunnelParams) -> None:

@@ -73,6 +73,9 @@ class DaemonProcess:
     log: Path
     process: subprocess.Popen[str] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # nsenter keeps the machine's /sys (and its cgroup mounts), which `ip netns exec` replaces:
+    # nft must see /sys/fs/cgroup to load a rule that names a cgroup.
+    keep_sys: bool = False
 
     def start(self, timeout: float = 30.0) -> None:
         env = {key: value for key, value in os.environ.items() if key in ("PATH", "LANG")}
@@ -82,10 +85,11 @@ class DaemonProcess:
         with self.log.open("a") as log:
             self.process = subprocess.Popen(
                 [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.netns,
+                    *(
+                        ["nsenter", f"--net=/run/netns/{self.netns}"]
+                        if self.keep_sys
+                        else ["ip", "netns", "exec", self.netns]
+                    ),
                     PYTHON,
                     "-m",
                     "nordwgd",
@@ -189,9 +193,11 @@ def call_as(
 
 
 @contextlib.contextmanager
-def running_daemon(bus: PrivateBus, netns: str, config: Path, log: Path) -> Iterator[DaemonProcess]:
+def running_daemon(
+    bus: PrivateBus, netns: str, config: Path, log: Path, *, keep_sys: bool = False
+) -> Iterator[DaemonProcess]:
     """Start nordwgd on ``bus`` inside ``netns``; stop it (SIGTERM) afterwards."""
-    daemon = DaemonProcess(bus=bus, netns=netns, config=config, log=log)
+    daemon = DaemonProcess(bus=bus, netns=netns, config=config, log=log, keep_sys=keep_sys)
     daemon.start()
     try:
         yield daemon

@@ -19,6 +19,7 @@ from nordwgd.config import (
     LocationConfig,
     NetworkConfig,
     PathsConfig,
+    SplitConfig,
     known_keys,
     load_config,
 )
@@ -32,6 +33,7 @@ SECTION_CLASSES: dict[str, type[object]] = {
     "network": NetworkConfig,
     "health": HealthConfig,
     "api": ApiConfig,
+    "split": SplitConfig,
     "paths": PathsConfig,
 }
 

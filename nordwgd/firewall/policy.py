@@ -7,7 +7,7 @@ docs/security.md). The renderers turn the value into rules without adding decisi
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from ipaddress import (
     IPv4Address,
@@ -21,6 +21,7 @@ from typing import Literal
 
 from nordwgd.errors import InvalidArgument
 from nordwgd.model import Endpoint, IPAddress, IPNetwork
+from nordwgd.split.bridges import check_patterns
 
 STATES = ("disconnected", "connecting", "connected", "reconnecting", "disconnecting", "error")
 
@@ -62,6 +63,10 @@ class FirewallPolicy:
     lan: tuple[IPNetwork, ...] = ()  # allowed both ways (allow_lan), except DNS
     ipv6_tunnel: bool = False
     forward_from: tuple[IPNetwork, ...] = ()  # gateway clients, forwarded only into the tunnel
+    # split tunnelling (nordwgd/split): connections with this conntrack mark (0: none) leave
+    # outside the tunnel; local bridges (name patterns) are forwarded only into the tunnel
+    excluded_ct_mark: int = field(default=0, repr=False)
+    bridges: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def blocking(self) -> Blocking:
@@ -70,8 +75,14 @@ class FirewallPolicy:
     @cached_property
     def digest(self) -> str:
         """A short stable fingerprint, stored in the applied rules so that they can be verified."""
-        # the dataclass repr lists every field in order, and ipaddress reprs are canonical
-        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+        # the dataclass repr lists every field in order, and ipaddress reprs are canonical;
+        # the split fields join it only when set, so that policies without them keep their digest
+        split = (
+            f" {self.excluded_ct_mark} {self.bridges}"
+            if self.excluded_ct_mark or self.bridges
+            else ""
+        )
+        return hashlib.sha256((repr(self) + split).encode()).hexdigest()[:16]
 
 
 def policy_for_state(
@@ -88,6 +99,8 @@ def policy_for_state(
     tunnel_dns: tuple[IPAddress, ...],
     ipv6_tunnel: bool,
     forward_from: tuple[IPNetwork, ...] = (),
+    excluded_ct_mark: int = 0,
+    bridges: tuple[str, ...] = (),
 ) -> FirewallPolicy:
     """What the firewall lets through in ``state``. Raises InvalidArgument for bad inputs."""
     if state not in STATES:
@@ -114,6 +127,8 @@ def policy_for_state(
         api_port=api_port,
         lan=lan_networks,
         forward_from=forward_networks,
+        excluded_ct_mark=excluded_ct_mark,
+        bridges=check_patterns(bridges),
     )
     if state in ("connecting", "reconnecting"):
         return replace(base, endpoint=endpoint)

@@ -87,7 +87,20 @@ def render(policy: FirewallPolicy) -> str:
         endpoint_family=endpoint_family,
         tunnel=_quote(policy.tunnel_interface) if policy.tunnel_interface else "",
         dns_ports=", ".join(str(port) for port in DNS_PORTS),
+        split=_split_values(policy),
     )
+
+
+def _split_values(policy: FirewallPolicy) -> dict[str, object]:
+    """What the split_*.nft.j2 includes need: excluded apps' mark, local bridge patterns."""
+    dns_v4 = [str(a) for a in policy.tunnel_dns if isinstance(a, IPv4Address)]
+    dns_v6 = [str(a) for a in policy.tunnel_dns if isinstance(a, IPv6Address)]
+    return {
+        "excluded": f"0x{policy.excluded_ct_mark:08x}" if policy.excluded_ct_mark else "",
+        "bridges": [_quote(pattern) for pattern in policy.bridges],
+        "dns_v4": dns_v4[0] if dns_v4 else "",
+        "dns_v6": dns_v6[0] if dns_v6 else "",
+    }
 
 
 def _quote(name: str) -> str:
