@@ -29,6 +29,7 @@ DEFAULT_API_ADDRESSES: tuple[IPAddress, ...] = (
 )
 
 Backend = Literal["auto", "kernel", "userspace"]
+ProviderName = Literal["nordvpn", "pia"]
 Ipv6Policy = Literal["block", "tunnel"]
 Mode = Literal["host", "namespace", "gateway"]
 
@@ -102,6 +103,53 @@ class ApiConfig:
 
 
 @dataclass(frozen=True)
+class MetaServer:
+    """A PIA meta server: where the token and region list are fetched, by address and name."""
+
+    cn: str  # the name its certificate carries, e.g. "london402"
+    address: IPAddress
+
+    def __str__(self) -> str:
+        return f"{self.cn}@{self.address}"
+
+
+# Meta servers from PIA's region list, to fetch the first list from; later lists bring their own.
+DEFAULT_PIA_META: tuple[MetaServer, ...] = (
+    MetaServer("london402", IPv4Address("212.102.63.129")),
+    MetaServer("frankfurt405", IPv4Address("212.102.57.1")),
+    MetaServer("zurich402", IPv4Address("212.102.37.176")),
+    MetaServer("amsterdam425", IPv4Address("195.78.54.3")),
+    MetaServer("toronto414", IPv4Address("154.3.40.3")),
+)
+
+
+@dataclass(frozen=True)
+class PiaConfig:
+    """[pia]: how Private Internet Access is reached without DNS (provider = "pia")."""
+
+    meta: tuple[MetaServer, ...] = DEFAULT_PIA_META  # "cn@address" in the file
+    api_host: str = "www.privateinternetaccess.com"  # token service (login, logout)
+    api_addresses: tuple[IPAddress, ...] = ()  # pinned; empty = tokens come from meta servers
+    api_ca_file: Path | None = None  # CA of api_host; None = system CAs
+    ca_file: Path | None = None  # CA of PIA's own servers; None = PIA's CA, shipped with nordwgd
+    regions_key_file: Path | None = None  # PEM key the region list is signed with; None = PIA's
+    timeout: float = 10.0  # seconds per request
+    token_lifetime: float = 24 * 3600.0  # how long PIA keeps a token valid
+
+
+@dataclass(frozen=True)
+class PortForwardConfig:
+    """[port_forward]: a port opened on the VPN server and forwarded through the tunnel (PIA)."""
+
+    enabled: bool = False
+    hook: tuple[str, ...] = ()  # a command and its arguments, run (no shell) on each new port
+    hook_timeout: float = 30.0
+    bind_interval: float = 900.0  # PIA releases a port not bound again within 15 minutes
+    renew_before: float = 7 * 86400.0  # ask for a new port signature when less time remains
+    forward_to: str = ""  # gateway mode: "LAN-ADDRESS:PORT" the forwarded port is sent on to
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     """[paths]: where state lives (systemd sets these through StateDirectory/RuntimeDirectory)."""
 
@@ -118,6 +166,9 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    pia: PiaConfig = field(default_factory=PiaConfig)
+    port_forward: PortForwardConfig = field(default_factory=PortForwardConfig)
+    provider: ProviderName = "nordvpn"
     token_file: Path | None = None  # a 0600 file holding the token; refused otherwise
     log_level: str = "info"
     source: Path | None = None  # the file this was loaded from (None = built-in defaults)
@@ -130,6 +181,7 @@ S = TypeVar("S", bound=str)
 
 BACKENDS: tuple[Backend, ...] = ("auto", "kernel", "userspace")
 MODES: tuple[Mode, ...] = ("host", "namespace", "gateway")
+PROVIDERS: tuple[ProviderName, ...] = ("nordvpn", "pia")
 IPV6_POLICIES: tuple[Ipv6Policy, ...] = ("block", "tunnel")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -467,8 +519,26 @@ _SECTIONS: Mapping[str, tuple[str, ...]] = {
     "api": ("host", "addresses", "port", "ca_file", "timeout", "attempts"),
     "split": ("excluded_slice", "bridges"),
     "paths": ("state_dir", "runtime_dir"),
+    "pia": (
+        "meta",
+        "api_host",
+        "api_addresses",
+        "api_ca_file",
+        "ca_file",
+        "regions_key_file",
+        "timeout",
+        "token_lifetime",
+    ),
+    "port_forward": (
+        "enabled",
+        "hook",
+        "hook_timeout",
+        "bind_interval",
+        "renew_before",
+        "forward_to",
+    ),
 }
-_TOP_LEVEL_KEYS = ("token_file", "log_level")
+_TOP_LEVEL_KEYS = ("provider", "token_file", "log_level")
 
 
 def known_keys() -> dict[str, tuple[str, ...]]:
@@ -568,6 +638,60 @@ def _paths(t: _Table) -> PathsConfig:
     )
 
 
+def _meta_server(src: _Source, key: str, value: object) -> MetaServer:
+    text = _string(src, key, value)
+    cn, at, address = text.rpartition("@")
+    if not at or not _HOSTNAME.fullmatch(cn):
+        raise src.error(key, f"must be NAME@ADDRESS such as london402@192.0.2.7 {_got(value)}")
+    return MetaServer(cn, _address(src, key, address))
+
+
+def _command(src: _Source, key: str, value: object) -> tuple[str, ...]:
+    argv = _list_of(_nonempty_string)(src, key, value)
+    if argv and not Path(argv[0]).is_absolute():
+        raise src.error(f"{key}[0]", f"must be an absolute path to a program {_got(argv[0])}")
+    return argv
+
+
+def _lan_target(src: _Source, key: str, value: object) -> str:
+    text = _string(src, key, value)
+    if not text:
+        return text
+    host, colon, port = text.rpartition(":")
+    network = _private_network(src, key, host + "/32") if colon else None
+    if network is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise src.error(
+            key, f"must be a private LAN ADDRESS:PORT such as 192.168.1.20:8080 {_got(value)}"
+        )
+    return text
+
+
+def _pia(t: _Table) -> PiaConfig:
+    d = PiaConfig()
+    return PiaConfig(
+        meta=t.get("meta", _list_of(_meta_server, nonempty=True), d.meta),
+        api_host=t.get("api_host", _hostname, d.api_host),
+        api_addresses=t.get("api_addresses", _list_of(_address), d.api_addresses),
+        api_ca_file=t.get("api_ca_file", _absolute_path, d.api_ca_file),
+        ca_file=t.get("ca_file", _absolute_path, d.ca_file),
+        regions_key_file=t.get("regions_key_file", _absolute_path, d.regions_key_file),
+        timeout=t.get("timeout", _seconds, d.timeout),
+        token_lifetime=t.get("token_lifetime", _seconds, d.token_lifetime),
+    )
+
+
+def _port_forward(t: _Table) -> PortForwardConfig:
+    d = PortForwardConfig()
+    return PortForwardConfig(
+        enabled=t.get("enabled", _boolean, d.enabled),
+        hook=t.get("hook", _command, d.hook),
+        hook_timeout=t.get("hook_timeout", _seconds, d.hook_timeout),
+        bind_interval=t.get("bind_interval", _seconds, d.bind_interval),
+        renew_before=t.get("renew_before", _seconds, d.renew_before),
+        forward_to=t.get("forward_to", _lan_target, d.forward_to),
+    )
+
+
 def parse_config(text: str, path: Path) -> Config:
     """Validate TOML ``text`` (read from ``path``, which messages name) into a Config."""
     try:
@@ -591,6 +715,9 @@ def parse_config(text: str, path: Path) -> Config:
         api=_api(section("api")),
         split=_split(section("split")),
         paths=_paths(section("paths")),
+        pia=_pia(section("pia")),
+        port_forward=_port_forward(section("port_forward")),
+        provider=top.get("provider", _choice(PROVIDERS), "nordvpn"),
         token_file=top.get("token_file", _absolute_path, None),
         log_level=top.get("log_level", _choice(LOG_LEVELS), "info"),
         source=path,

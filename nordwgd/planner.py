@@ -51,9 +51,11 @@ class Target:
     servers: tuple[str, ...] = ()  # hostnames, tried first
     random_top: int = 0
     options: tuple[tuple[str, str], ...] = ()  # what the caller asked for (recorded)
+    regions: tuple[str, ...] = ()  # provider regions as the caller named them (PIA)
 
     def describe(self) -> str:
         parts = [label for label in (p.label for p in self.places) if label]
+        parts.extend(self.regions)
         if self.group:
             parts.append(self.group)
         parts.extend(self.servers)

@@ -19,6 +19,8 @@ from nordwgd.config import (
     LocationConfig,
     NetworkConfig,
     PathsConfig,
+    PiaConfig,
+    PortForwardConfig,
     SplitConfig,
     known_keys,
     load_config,
@@ -35,6 +37,8 @@ SECTION_CLASSES: dict[str, type[object]] = {
     "api": ApiConfig,
     "split": SplitConfig,
     "paths": PathsConfig,
+    "pia": PiaConfig,
+    "port_forward": PortForwardConfig,
 }
 
 

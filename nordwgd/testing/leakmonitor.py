@@ -46,16 +46,22 @@ class LeakMonitor:
         stations: Sequence[str],
         api_addresses: Sequence[str],
         api_port: int = 443,
+        tcp_allowed: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.netns = netns
         self.device = device
         self.stations = tuple(stations)
         self.api_addresses = tuple(api_addresses)
         self.api_port = api_port
+        self.tcp_allowed = tuple(tcp_allowed)  # more (address, TCP port) nordwgd may reach
 
     def ruleset(self) -> str:
         stations = ", ".join(self.stations) or "0.0.0.0"
         api = ", ".join(self.api_addresses) or "0.0.0.0"
+        extra = "".join(
+            f"        meta protocol ip ip daddr {address} tcp dport {port} return\n"
+            for address, port in self.tcp_allowed
+        )
         return f"""
 table netdev {TABLE}
 delete table netdev {TABLE}
@@ -71,7 +77,7 @@ table netdev {TABLE} {{
         meta protocol ip udp sport 68 udp dport 67 return
         meta protocol ip ip daddr @stations udp dport {WIREGUARD_PORT} return
         meta protocol ip ip daddr @api tcp dport {self.api_port} return
-        meta protocol ip6 udp sport 546 udp dport 547 return
+{extra}        meta protocol ip6 udp sport 546 udp dport 547 return
         meta protocol ip6 icmpv6 type {{ {", ".join(_ICMPV6_HOUSEKEEPING)} }} return
         meta protocol ip update @leaks4 {{ ip daddr . meta l4proto }} counter name "leaked" return
         meta protocol ip6 update @leaks6 {{ ip6 daddr . meta l4proto }} counter name "leaked" return

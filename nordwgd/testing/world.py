@@ -279,17 +279,21 @@ class World:
             DeviceConfig(
                 private_key=private_key,
                 listen_port=51820,
-                peers=(
-                    PeerConfig(
-                        public_key=self.client_public_key,
-                        allowed_ips=(ip_network(f"{CLIENT_TUNNEL_ADDRESS}/32"),),
-                    ),
-                ),
+                peers=self._static_peers(),
             )
         )
         reply = exchange_sync(path, request)
         if "errno=0" not in reply:
             raise RuntimeError(f"configuring {interface} failed: {reply.strip()}")
+
+    def _static_peers(self) -> tuple[PeerConfig, ...]:
+        """The peers every server knows from the start: the account's one NordLynx key."""
+        return (
+            PeerConfig(
+                public_key=self.client_public_key,
+                allowed_ips=(ip_network(f"{CLIENT_TUNNEL_ADDRESS}/32"),),
+            ),
+        )
 
     def _start_services(self) -> None:
         assert self.pki is not None
