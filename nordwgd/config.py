@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from nordwgd.split.bridges import DEFAULT_BRIDGES, check_patterns
 from nordwgd.split.cgroups import check_slice_name
 
 DEFAULT_CONFIG_PATH = Path("/etc/nordwgd/nordwgd.toml")
+# A config is a few KiB; anything past this is not one (and /dev/zero would never end).
+MAX_CONFIG_BYTES = 1024 * 1024
 DEFAULT_API_ADDRESSES: tuple[IPAddress, ...] = (
     IPv4Address("104.16.208.203"),
     IPv4Address("104.19.159.190"),
@@ -724,14 +728,45 @@ def parse_config(text: str, path: Path) -> Config:
     )
 
 
+def read_config_bytes(path: Path) -> bytes | None:
+    """The config file's bytes, None when it does not exist, else ConfigError.
+
+    At most MAX_CONFIG_BYTES are read, so /dev/zero or a huge file gives one line naming the
+    problem; /dev/null reads as an empty config. A FIFO (whose open would wait for a writer),
+    a socket or a directory is refused.
+    """
+    refused = f"{path}: cannot read the config file"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise ConfigError(f"{refused}: {error.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{refused}: it is a directory")
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+            raise ConfigError(f"{refused}: not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_CONFIG_BYTES:
+                raise ConfigError(f"{refused}: larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB")
+    except OSError as error:
+        raise ConfigError(f"{refused}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> Config:
     """Load and validate the TOML config at ``path``; a missing file gives the defaults."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data = read_config_bytes(path)
+    if data is None:
         return Config()
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read the config file: {error.strerror}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:

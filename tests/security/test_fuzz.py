@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import resource
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -189,6 +193,43 @@ def test_random_bytes_config_file(tried: Counter, tmp_path: Path, data: bytes) -
 def test_unreadable_config_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(errors.ConfigError, match="cannot read the config file"):
         load_config(tmp_path)  # a directory
+
+
+def _limit_memory() -> None:
+    # Should the loader read without bound again, fail fast instead of taking the machine's memory.
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "/dev/urandom", "huge", "fifo"])
+def test_endless_or_huge_config_is_one_line(
+    ledger: ScenarioRecorder, tmp_path: Path, kind: str
+) -> None:
+    if kind == "huge":
+        path = tmp_path / "huge.toml"
+        path.write_bytes(b"# " + b"x" * (8 << 20) + b"\n")
+    elif kind == "fifo":
+        path = tmp_path / "fifo.toml"
+        os.mkfifo(path)  # no writer: an ordinary open would wait forever
+    else:
+        path = Path(kind)
+    ledger.bad_inputs(1)
+    # In a child with bounded memory and time: an unbounded read must not take the test run.
+    result = subprocess.run(
+        [sys.executable, "-m", "nordwgd", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=_limit_memory,
+    )
+    assert result.returncode == 78, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"nordwgd: {path}: cannot read the config file: ")
+
+
+def test_dev_null_config_is_the_defaults() -> None:
+    assert load_config(Path("/dev/null")) == Config(source=Path("/dev/null"))
 
 
 # --- API answers (beyond tests/test_parse_fuzz.py) -----------------------------------------------
