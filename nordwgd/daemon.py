@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -164,12 +165,46 @@ async def watch_network(
     return stoppers
 
 
-async def run(config: Config) -> int:
-    """Serve until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1)."""
+async def check_config_on_hangup(path: Path, running: Config) -> None:
+    """SIGHUP: the config is not reloaded; say whether the file differs and whether it is valid.
+
+    Applying a new config means a new firewall policy, interface and routes: a restart does
+    that in the one order that cannot leak (docs in README.md, "Signals").
+    """
+    try:
+        found = await asyncio.to_thread(load_config, path)
+    except ConfigError as error:
+        logger.warning("SIGHUP: not reloading; the config file has an error: %s", error)
+        return
+    if found == replace(running, source=found.source):
+        logger.info("SIGHUP: not reloading; %s is unchanged", path)
+    else:
+        logger.warning(
+            "SIGHUP: not reloading; %s changed: restart nordwgd to apply it "
+            "(systemctl restart nordwgd)",
+            path,
+        )
+
+
+async def run(config: Config, config_path: Path | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (exit 0) or until the bus goes away (exit 1).
+
+    SIGHUP does not stop the daemon: it checks ``config_path`` and logs what it found.
+    """
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
+    hangups: set[asyncio.Task[None]] = set()
+
+    def hangup() -> None:
+        task = loop.create_task(
+            check_config_on_hangup(config_path or config.source or DEFAULT_CONFIG_PATH, config)
+        )
+        hangups.add(task)
+        task.add_done_callback(hangups.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
 
     bus = await _connect_bus()
     try:
@@ -227,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return export.main(arguments[1:])
     args = parse_args(arguments)
+    # Until the event loop handles it, a SIGHUP (the default action ends the process) is ignored.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -234,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     systemd.setup_logging(args.log_level or config.log_level)
     try:
-        return asyncio.run(run(config))
+        return asyncio.run(run(config, args.config))
     except StartupError as error:
         print(f"nordwgd: {error}", file=sys.stderr)
         logger.error("%s", error)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import tomllib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +27,7 @@ from nordwgd import errors
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME
 from nordwgd.bus.convert import PROPERTY_SIGNATURES, plain
 from nordwgd.testing.netns import create_netns, delete_netns, unique_name
+from nordwgd.testing.world import to_toml
 from tests.fixtures_dbus import (
     PYTHON,
     REPO,
@@ -160,7 +163,9 @@ async def test_every_method_happy_path(service: Service) -> None:
     countries = plain(await service.ok("ListCountries"))
     assert countries == [[["DE", "Germany", "81"], ["SE", "Sweden", "208"]]]
     assert plain(await service.ok("ListCities", "s", ["DE"])) == [[["Frankfurt", "2215"]]]
-    assert plain(await service.ok("ListGroups")) == [[["legacy_p2p", "P2P"]]]
+    assert plain(await service.ok("ListGroups")) == [
+        [["legacy_double_vpn", "Double VPN"], ["legacy_p2p", "P2P"]]
+    ]
     (servers,) = await service.ok("ListServers", "a{sv}", [{"country": Variant("s", "DE")}])
     assert plain(servers) == [{"hostname": "de1001.nordvpn.com", "load": 7, "groups": ["P2P"]}]
     assert plain(await service.ok("GetStatistics")) == [
@@ -446,6 +451,47 @@ async def test_daemon_properties(world_daemon: DaemonProcess) -> None:
         assert values["Version"].value
     finally:
         client.disconnect()
+
+
+async def _log_line(daemon: DaemonProcess, text: str, after: int) -> str:
+    """The first line of the daemon's log past byte ``after`` that holds ``text``."""
+    for _ in range(200):
+        tail = daemon.log.read_bytes()[after:].decode(errors="replace")
+        found = [line for line in tail.splitlines() if text in line]
+        if found:
+            return found[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {text!r} in the log:\n{daemon.log_text()}")
+
+
+@pytest.mark.root
+async def test_daemon_sighup_checks_the_config_and_keeps_serving(
+    world_daemon: DaemonProcess,
+) -> None:
+    assert world_daemon.process is not None
+    original = world_daemon.config.read_text()
+
+    async def hangup() -> str:
+        start = world_daemon.log.stat().st_size
+        assert world_daemon.process is not None
+        os.kill(world_daemon.process.pid, signal.SIGHUP)
+        line = await _log_line(world_daemon, "SIGHUP", start)
+        assert world_daemon.process.poll() is None, world_daemon.log_text()
+        reply = await _daemon_call(world_daemon.bus, "ListGroups")
+        assert "body" in reply, reply
+        return line
+
+    try:
+        assert "unchanged" in await hangup()
+        values = tomllib.loads(original)
+        level = "warning" if values.get("log_level") != "warning" else "error"
+        world_daemon.config.write_text(to_toml({**values, "log_level": level}))
+        assert "restart nordwgd to apply it" in await hangup()
+        world_daemon.config.write_text(to_toml({**values, "log_level": "loud"}))
+        line = await hangup()
+        assert "the config file has an error" in line and "log_level" in line
+    finally:
+        world_daemon.config.write_text(original)
 
 
 @pytest.mark.root
