@@ -128,6 +128,18 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[^0-9a-z]+", " ", plain).split())
 
 
+def group_names(identifier: str, title: str) -> set[str]:
+    """Every normalized name that people type for a group, as the official client accepts them.
+
+    The title ("Double VPN", "double_vpn"), the identifier ("legacy_double_vpn"), the identifier
+    without its "legacy_" prefix ("double_vpn"), and the short names of GROUP_ALIASES ("double").
+    """
+    names = {normalize(identifier), normalize(title), normalize(identifier.removeprefix("legacy_"))}
+    names |= {normalize(alias) for alias, target in GROUP_ALIASES.items() if target == identifier}
+    names.discard("")
+    return names
+
+
 def _check_entries(body: object, source: _Source, where: str) -> list[ApiObject]:
     """The parsed body as a list of objects with the expected keys, else ApiUnavailable."""
     if not isinstance(body, list) or not body:
@@ -178,12 +190,8 @@ class Catalog:
         self._codes = {country.code.upper(): country for country in self.countries}
         self._group_names: dict[str, Group] = {}
         for group in self.groups:
-            for name in (group.identifier, group.title, group.identifier.removeprefix("legacy_")):
-                self._group_names.setdefault(normalize(name), group)
-        by_identifier = {group.identifier: group for group in self.groups}
-        for alias, identifier in GROUP_ALIASES.items():
-            if identifier in by_identifier:
-                self._group_names.setdefault(normalize(alias), by_identifier[identifier])
+            for name in sorted(group_names(group.identifier, group.title)):
+                self._group_names.setdefault(name, group)
 
     @classmethod
     def load(cls, directory: Path | None = None) -> Catalog:

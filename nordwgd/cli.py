@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import math
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -28,12 +29,15 @@ from nordwgd import __version__, errors
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME, OBJECT_PATH
 from nordwgd.bus.convert import plain
 from nordwgd.bus.errors import from_error_name
+from nordwgd.catalog import group_names, normalize
 from nordwgd.cli_format import (
     format_mapping,
     format_status,
     format_table,
     on_off,
+    printable,
     state_label,
+    terminal_safe,
     to_json,
 )
 
@@ -216,7 +220,8 @@ class Client:
 
 
 def _print(text: str) -> None:
-    print(text, flush=True)
+    # Fields are escaped where they are formatted; this catches whatever was not.
+    print(terminal_safe(text), flush=True)
 
 
 async def cmd_status(client: Client, args: argparse.Namespace) -> int:
@@ -226,9 +231,16 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 
 async def _location_options(client: Client, args: argparse.Namespace) -> dict[str, Variant]:
+    """Connect options from LOCATION, --group and --server.
+
+    LOCATION is, in this order: COUNTRY/CITY, a server host name, a country, a server group
+    as the official client accepts it ("p2p", "double vpn", "Double_VPN"), else a city.
+    """
     options: dict[str, str] = {}
     location: str | None = args.location
-    if location:
+    group: str | None = args.group
+    server: str | None = args.server
+    if location is not None:
         if "/" in location:
             country, _, city = location.partition("/")
             if not country.strip() or not city.strip():
@@ -238,14 +250,20 @@ async def _location_options(client: Client, args: argparse.Namespace) -> dict[st
             options["server"] = location
         elif await _is_country(client, location):
             options["country"] = location
+        elif await _is_group(client, location):
+            if group is not None:
+                raise CliError(
+                    f'"{location}" is a server group; give one group, not --group too', EXIT_USAGE
+                )
+            group = location
         else:
             options["city"] = location
-    if args.group:
-        options["group"] = args.group
-    if args.server:
+    if group is not None:
+        options["group"] = group
+    if server is not None:
         if "server" in options:
             raise CliError("give the server either as LOCATION or with --server", EXIT_USAGE)
-        options["server"] = args.server
+        options["server"] = server
     return {key: Variant("s", value) for key, value in options.items()}
 
 
@@ -253,6 +271,14 @@ async def _is_country(client: Client, text: str) -> bool:
     wanted = text.strip().casefold()
     (countries,) = await client.call("ListCountries")
     return any(wanted in (str(field).casefold() for field in row) for row in countries)
+
+
+async def _is_group(client: Client, text: str) -> bool:
+    (groups,) = await client.call("ListGroups")
+    known: set[str] = set()
+    for identifier, title in groups:
+        known |= group_names(str(identifier), str(title))
+    return normalize(text) in known
 
 
 # Queued by _StateFollower when the daemon leaves the bus; never a State value.
@@ -323,9 +349,7 @@ async def _wait_for(
         except TimeoutError:
             continue
         if item[0] == _DAEMON_LEFT:
-            raise CliError(
-                f"nordwgd left the bus while {state_label(current)}", EXIT_NO_DAEMON
-            )
+            raise CliError(f"nordwgd left the bus while {state_label(current)}", EXIT_NO_DAEMON)
         current = item[0]
         pending = [item]
 
@@ -358,7 +382,7 @@ async def _request_connection(
     await _wait_for(client, follower, "connected", before=before, limit=args.timeout, quiet=False)
     properties = await client.properties()
     server = properties.get("Server")
-    name = server.get("hostname", "") if isinstance(server, dict) else ""
+    name = printable(server.get("hostname", "")) if isinstance(server, dict) else ""
     _print(f"connected to {name}" if name else "connected")
     return EXIT_OK
 
@@ -422,7 +446,8 @@ async def cmd_groups(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print(to_json([{"identifier": g, "title": t} for g, t in rows]))
     else:
-        _print(format_table(("GROUP", "TITLE"), rows))
+        # The names people know and type ("P2P", "Double VPN"); the API identifier works too.
+        _print(format_table(("GROUP", "IDENTIFIER"), [(t, g) for g, t in rows]))
     return EXIT_OK
 
 
@@ -491,8 +516,8 @@ async def cmd_monitor(client: Client, args: argparse.Namespace) -> int:
             return
         for name in sorted(changed):
             value = changed[name]
-            shown = state_label(value) if name == "State" else value
-            _print(f"{name}: {shown}")
+            shown = state_label(value) if name == "State" else printable(value)
+            _print(f"{printable(name)}: {shown}")
 
     await client.watch(show)
     await client.watch_owner(gone.set)
@@ -514,6 +539,35 @@ async def cmd_version(client: Client | None, args: argparse.Namespace) -> int:
 
 
 # Command line ---------------------------------------------------------------------------
+
+
+def _name(text: str) -> str:
+    """A name given on the command line, stripped; an empty one is a usage error."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty (leave it out for the default)")
+    return text.strip()
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number of seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    """A whole number, 0 or more (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected 0 or more")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -541,18 +595,22 @@ def build_parser() -> argparse.ArgumentParser:
     status = add("status", cmd_status, "show the connection state")
     status.add_argument("--json", action="store_true", help="all properties as JSON")
 
-    connect = add("connect", cmd_connect, "connect (to a country, city, COUNTRY/CITY or server)")
-    connect.add_argument("location", nargs="?", metavar="LOCATION")
-    connect.add_argument("--group", metavar="GROUP", help='server group, e.g. "P2P"')
-    connect.add_argument("--server", metavar="HOST", help="server hostname")
+    connect = add(
+        "connect", cmd_connect, "connect (to a country, city, COUNTRY/CITY, server or group)"
+    )
+    connect.add_argument("location", nargs="?", type=_name, metavar="LOCATION")
+    connect.add_argument(
+        "--group", type=_name, metavar="GROUP", help='server group, e.g. "P2P", "Double VPN"'
+    )
+    connect.add_argument("--server", type=_name, metavar="HOST", help="server hostname")
     connect.add_argument("--no-wait", action="store_true", help="return once accepted")
-    connect.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    connect.add_argument("--timeout", type=_seconds, default=60.0, help="seconds (default 60)")
 
     disconnect = add("disconnect", cmd_disconnect, "disconnect")
-    disconnect.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    disconnect.add_argument("--timeout", type=_seconds, default=30.0, help="seconds (default 30)")
     reconnect = add("reconnect", cmd_reconnect, "move to another server")
     reconnect.add_argument("--no-wait", action="store_true", help="return once accepted")
-    reconnect.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    reconnect.add_argument("--timeout", type=_seconds, default=60.0, help="seconds (default 60)")
     add("renew", _simple("Renew", "renewed"), "refresh credentials and server data")
     check = add("check", cmd_check, "check the tunnel's health now")
     check.add_argument("--json", action="store_true")
@@ -568,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_argument("--country", metavar="COUNTRY")
     servers.add_argument("--city", metavar="CITY")
     servers.add_argument("--group", metavar="GROUP")
-    servers.add_argument("--limit", type=int, default=0, metavar="N")
+    servers.add_argument("--limit", type=_count, default=0, metavar="N", help="0: all")
     servers.add_argument("--json", action="store_true")
 
     login = add("login", cmd_login, "store a NordVPN access token (asked for, never an argument)")
@@ -616,10 +674,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.token_value = _read_token(args.stdin)
         return asyncio.run(_run(args))
     except CliError as error:
-        print(f"{PROG}: {error}", file=sys.stderr)
+        print(terminal_safe(f"{PROG}: {error}"), file=sys.stderr)
         return error.code
     except errors.NordwgdError as error:
-        print(f"{PROG}: {_describe(error)}", file=sys.stderr)
+        # The message may quote what the API or the user gave: escaped like all output.
+        print(terminal_safe(f"{PROG}: {_describe(error)}"), file=sys.stderr)
         return _exit_code_for(error)
     except KeyboardInterrupt:
         return 130

@@ -1,9 +1,15 @@
-"""Pure text formatting for nordwgctl: status, tables, sizes, durations."""
+"""Pure text formatting for nordwgctl: status, tables, sizes, durations.
+
+Every value shown comes from outside (the daemon, and through it the NordVPN API), so each is
+passed through ``printable``: a city name holding an escape sequence must not retitle the
+window, move the cursor or hide a line of output.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+import unicodedata
 from collections.abc import Mapping, Sequence
 
 KNOWN_STATES = frozenset(
@@ -11,9 +17,38 @@ KNOWN_STATES = frozenset(
 )
 
 
+# Characters that reorder or hide text on a terminal without being control characters.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e")
+_BIDI_CONTROLS |= frozenset("\u2066\u2067\u2068\u2069")
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS
+
+
+def printable(value: object) -> str:
+    """``value`` as text safe for a terminal: control characters (newlines too) escaped."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) if _is_control(char) else char for char in text)
+
+
+def terminal_safe(text: str) -> str:
+    """Output text with every control character but newline escaped (the last line of defence)."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) if char != "\n" and _is_control(char) else char for char in text)
+
+
 def state_label(state: object) -> str:
     """A state as clients must show it: values this version does not know are "unknown"."""
-    text = str(state)
+    text = printable(state)
     return text if text in KNOWN_STATES else f"unknown ({text})"
 
 
@@ -51,22 +86,24 @@ def format_status(properties: Mapping[str, object], *, now: float | None = None)
     now = time.time() if now is None else now
     server = properties.get("Server")
     server = server if isinstance(server, Mapping) else {}
+    shown = printable
     lines = [f"State:      {state_label(properties.get('State', ''))}"]
     cause = properties.get("ErrorCause")
     if cause:
-        lines.append(f"Error:      {cause}")
-    lines.append(f"Firewall:   {properties.get('Blocking', '')}")
+        lines.append(f"Error:      {shown(cause)}")
+    lines.append(f"Firewall:   {shown(properties.get('Blocking', ''))}")
     if server:
-        where = ", ".join(str(server[key]) for key in ("city", "country") if server.get(key))
-        title = str(server.get("hostname") or server.get("name") or "")
+        where = ", ".join(shown(server[key]) for key in ("city", "country") if server.get(key))
+        title = shown(server.get("hostname") or server.get("name") or "")
         lines.append(f"Server:     {title}" + (f" ({where})" if where else ""))
         if "load" in server:
-            lines.append(f"Load:       {server['load']}%")
+            lines.append(f"Load:       {shown(server['load'])}%")
         if server.get("endpoint"):
-            lines.append(f"Endpoint:   {server['endpoint']}")
+            lines.append(f"Endpoint:   {shown(server['endpoint'])}")
     if properties.get("Interface"):
-        address = properties.get("TunnelAddress") or ""
-        lines.append(f"Interface:  {properties['Interface']}" + (f" {address}" if address else ""))
+        address = shown(properties.get("TunnelAddress") or "")
+        interface = shown(properties["Interface"])
+        lines.append(f"Interface:  {interface}" + (f" {address}" if address else ""))
     connected = _since(properties.get("ConnectedSince"), now)
     if connected:
         lines.append(f"Connected:  {connected}")
@@ -80,10 +117,10 @@ def format_status(properties: Mapping[str, object], *, now: float | None = None)
         )
     lines.append(f"Lockdown:   {on_off(properties.get('Lockdown'))}")
     lines.append(f"Allow LAN:  {on_off(properties.get('AllowLan'))}")
-    lines.append(f"Mode:       {properties.get('Mode', '')}")
+    lines.append(f"Mode:       {shown(properties.get('Mode', ''))}")
     port = properties.get("ForwardedPort")
     if port:
-        lines.append(f"Forwarded:  port {port}")
+        lines.append(f"Forwarded:  port {shown(port)}")
     return "\n".join(lines)
 
 
@@ -93,7 +130,7 @@ def on_off(value: object) -> str:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Left-aligned columns separated by two spaces; the last column is not padded."""
-    cells = [[str(cell) for cell in row] for row in rows]
+    cells = [[printable(cell) for cell in row] for row in rows]
     widths = [len(header) for header in headers]
     for row in cells:
         for index, cell in enumerate(row):
@@ -110,26 +147,28 @@ def format_mapping(mapping: Mapping[str, object], indent: int = 0) -> str:
     """Nested ``key: value`` lines (diagnostics, health details, statistics)."""
     pad = "  " * indent
     lines: list[str] = []
-    for key in sorted(mapping):
+    for key in sorted(mapping, key=str):
         value = mapping[key]
+        name = printable(key)
         if isinstance(value, Mapping):
-            lines.append(f"{pad}{key}:")
+            lines.append(f"{pad}{name}:")
             lines.append(format_mapping(value, indent + 1))
         elif isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
-            lines.append(f"{pad}{key}:")
+            lines.append(f"{pad}{name}:")
             for item in value:
                 if isinstance(item, Mapping):
                     lines.append(format_mapping(item, indent + 1))
                     lines.append("")
                 else:
-                    lines.append(f"{pad}  - {item}")
+                    lines.append(f"{pad}  - {printable(item)}")
         elif isinstance(value, list):
-            lines.append(f"{pad}{key}: {', '.join(str(item) for item in value)}")
+            lines.append(f"{pad}{name}: {', '.join(printable(item) for item in value)}")
         elif isinstance(value, str) and "\n" in value:
-            lines.append(f"{pad}{key}:")
-            lines.extend(f"{pad}  {text}" for text in value.splitlines())
+            # Multi-line text (a ruleset, a routing table): its own lines, each one escaped.
+            lines.append(f"{pad}{name}:")
+            lines.extend(f"{pad}  {printable(text)}" for text in value.splitlines())
         else:
-            lines.append(f"{pad}{key}: {value}")
+            lines.append(f"{pad}{name}: {printable(value)}")
     return "\n".join(line for line in lines if line or indent == 0)
 
 

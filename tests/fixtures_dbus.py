@@ -312,7 +312,7 @@ class RecordingManager:
 
     async def list_groups(self) -> list[tuple[str, str]]:
         self._record("list_groups")
-        return [("legacy_p2p", "P2P")]
+        return [("legacy_double_vpn", "Double VPN"), ("legacy_p2p", "P2P")]
 
     async def list_servers(self, filter: Mapping[str, str], /) -> list[dict[str, object]]:
         self._record("list_servers", dict(filter))

@@ -108,6 +108,44 @@ async def test_connect_location_forms(
     assert service.manager.calls[-1] == ("connect", options)
 
 
+@pytest.mark.parametrize(
+    ("argv", "options"),
+    [
+        (["p2p"], {"group": "p2p"}),
+        (["P2P"], {"group": "P2P"}),
+        (["double vpn"], {"group": "double vpn"}),
+        (["Double_VPN"], {"group": "Double_VPN"}),
+        (["legacy_double_vpn"], {"group": "legacy_double_vpn"}),
+        (["--group", "p2p", "germany"], {"country": "germany", "group": "p2p"}),
+        (["--group", "double vpn"], {"group": "double vpn"}),
+    ],
+)
+async def test_connect_takes_groups_as_the_official_client_does(
+    service: Service, private_bus: PrivateBus, argv: list[str], options: dict[str, str]
+) -> None:
+    result = await nordwgctl("--bus", private_bus.address, "connect", *argv, "--no-wait")
+    assert result.code == 0, result.err
+    assert service.manager.calls[-1] == ("connect", options)
+
+
+async def test_connect_group_twice_is_a_usage_error(
+    service: Service, private_bus: PrivateBus
+) -> None:
+    result = await nordwgctl("--bus", private_bus.address, "connect", "p2p", "--group", "p2p")
+    assert result.code == 2 and "server group" in result.err, result
+    assert not any(name == "connect" for name, _ in service.manager.calls)
+
+
+async def test_groups_lists_the_names_people_know(
+    service: Service, private_bus: PrivateBus
+) -> None:
+    result = await nordwgctl("--bus", private_bus.address, "groups")
+    assert result.code == 0, result.err
+    rows = [line.split("  ")[0].strip() for line in result.out.splitlines()[1:]]
+    assert rows == ["Double VPN", "P2P"]
+    assert "legacy_p2p" in result.out  # the API identifier is shown beside it
+
+
 async def test_connect_errors_are_named(service: Service, private_bus: PrivateBus) -> None:
     from nordwgd import errors
 
@@ -188,6 +226,18 @@ async def test_monitor_prints_changes(service: Service, private_bus: PrivateBus)
         ["set", "lockdown", "maybe"],
         ["cities"],
         ["connect", "--server"],
+        ["connect", ""],
+        ["connect", "  "],
+        ["connect", "--group", ""],
+        ["connect", "--server", ""],
+        ["connect", "--timeout", "-1"],
+        ["connect", "--timeout", "0"],
+        ["connect", "--timeout", "nan"],
+        ["connect", "--timeout", "inf"],
+        ["disconnect", "--timeout", "-5"],
+        ["reconnect", "--timeout", "NaN"],
+        ["servers", "--limit", "-1"],
+        ["servers", "--limit", "nan"],
     ],
 )
 def test_bad_usage_exits_2(argv: list[str]) -> None:
