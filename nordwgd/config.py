@@ -14,12 +14,13 @@ import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, ip_address, ip_network
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from nordwgd.errors import ConfigError, InvalidArgument
+from nordwgd.lanranges import LAN_NETWORKS, LAN_RANGES, describe, within
 from nordwgd.model import NORDLYNX_DNS, IPAddress, IPNetwork
 from nordwgd.split.bridges import DEFAULT_BRIDGES, check_patterns
 from nordwgd.split.cgroups import check_slice_name
@@ -66,7 +67,9 @@ class NetworkConfig:
     mode: Mode = "host"
     lockdown: bool = False
     allow_lan: bool = False
-    lan: tuple[IPNetwork, ...] = ()  # routed via the uplink; allowed when allow_lan (private only)
+    # What AllowLan opens (each inside nordwgd.lanranges); empty = every local range. Listed
+    # networks are also routed around the tunnel (for LANs behind a router of the uplink).
+    lan: tuple[IPNetwork, ...] = ()
     forward_from: tuple[IPNetwork, ...] = ()  # gateway mode: hosts whose traffic is forwarded
     ipv6: Ipv6Policy = "block"
     fwmark: int = 0xCA6C  # marks the daemon's own sockets (WireGuard UDP, API HTTPS)
@@ -198,16 +201,6 @@ _MAX_U32 = 2**32 - 1
 # Tables 253 (default), 254 (main) and 255 (local) belong to the kernel.
 _RESERVED_TABLES = (253, 254, 255)
 
-# Ranges that never leave the local site: nordwgd lets these bypass the tunnel, so a public
-# range here would be a leak.
-PRIVATE_NETWORKS: tuple[IPNetwork, ...] = (
-    IPv4Network("10.0.0.0/8"),
-    IPv4Network("172.16.0.0/12"),
-    IPv4Network("192.168.0.0/16"),
-    IPv4Network("169.254.0.0/16"),
-    IPv6Network("fc00::/7"),
-    IPv6Network("fe80::/10"),
-)
 
 # TOML key -> dataclass field, per section, where the names differ (the file speaks of one
 # "country" whether it holds one name or a list).
@@ -421,16 +414,25 @@ def _network(src: _Source, key: str, value: object) -> IPNetwork:
     raise src.error(key, f"has host bits set; the network is {loose} {_got(value)}")
 
 
+def _lan_network(src: _Source, key: str, value: object) -> IPNetwork:
+    """A network AllowLan may open: private, link-local or local multicast, never public."""
+    return _local_network(src, key, value, LAN_RANGES)
+
+
 def _private_network(src: _Source, key: str, value: object) -> IPNetwork:
+    """A private or link-local unicast network (a source of forwarded traffic)."""
+    return _local_network(src, key, value, LAN_NETWORKS)
+
+
+def _local_network(
+    src: _Source, key: str, value: object, ranges: tuple[IPNetwork, ...]
+) -> IPNetwork:
     network = _network(src, key, value)
-    if not any(
-        network.version == private.version and network.subnet_of(private)  # type: ignore[arg-type]
-        for private in PRIVATE_NETWORKS
-    ):
-        ranges = ", ".join(map(str, PRIVATE_NETWORKS))
+    if not within(network, ranges):
         raise src.error(
             key,
-            f"{network} is not a private range; only ranges inside {ranges} may bypass the tunnel",
+            f"{network} is not a private range; only ranges inside {describe(ranges)} "
+            "may bypass the tunnel",
         )
     return network
 
@@ -577,7 +579,7 @@ def _network_section(t: _Table) -> NetworkConfig:
         mode=t.get("mode", _choice(MODES), d.mode),
         lockdown=t.get("lockdown", _boolean, d.lockdown),
         allow_lan=t.get("allow_lan", _boolean, d.allow_lan),
-        lan=t.get("lan", _list_of(_private_network), d.lan),
+        lan=t.get("lan", _list_of(_lan_network), d.lan),
         forward_from=t.get("forward_from", _list_of(_private_network), d.forward_from),
         ipv6=t.get("ipv6", _choice(IPV6_POLICIES), d.ipv6),
         fwmark=t.get("fwmark", _int_range(1, _MAX_U32), d.fwmark),

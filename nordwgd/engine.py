@@ -86,6 +86,7 @@ class SystemEngine:
         self._firewall = Firewall("auto")
         self._connection: Connection | None = None
         self._dns: tuple[IPAddress, ...] = config.dns.servers
+        self._tunnel_addresses: tuple[IPAddress, ...] = ()
         # Whether the last policy was that of a state wanting a tunnel (connecting, connected,
         # reconnecting, error): a tunnel taken down then is a reconnect, and in namespace mode
         # the namespace stays for the next tunnel, so programs that joined it keep it.
@@ -143,6 +144,7 @@ class SystemEngine:
                 forward_from=network.forward_from if network.mode == "gateway" else (),
                 excluded_ct_mark=EXCLUDED_CT_MARK if self.excluded.enabled else 0,
                 bridges=self._config.split.bridges,
+                tunnel_addresses=self._tunnel_addresses,
             )
         except InvalidArgument as error:
             raise FirewallFailed(f"no policy for {state.value}: {error}") from error
@@ -172,6 +174,7 @@ class SystemEngine:
     async def tunnel_up(self, params: TunnelParams) -> None:
         connection = await self._get_connection()
         self._dns = params.dns or self._config.dns.servers
+        self._tunnel_addresses = (params.address.ip,)
         await connection.up(params)
 
     async def tunnel_down(self) -> None:

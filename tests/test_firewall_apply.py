@@ -366,11 +366,19 @@ def test_ipv6_blocked_but_neighbour_discovery_works(pair: Pair) -> None:
     assert not pair.ping("fd00:77::1")
     v6 = "ip6 daddr fd00:77::1 udp dport 9999"
     assert pair.arrived(v6, lambda: pair.probe("udp", "fd00:77::1", 9999)) == 0
-    # the peer can still resolve the host (neighbour solicitation in, advertisement out)
+    # the peer can still resolve the host's link-local address (solicitation in,
+    # advertisement out to a link-local address) ...
+    shown = run("ip", "-n", pair.host, "-6", "-o", "addr", "show", "dev", "host", "scope", "link")
+    host_link_local = shown.split()[3].split("/")[0]
+    subprocess.run(["ip", "netns", "exec", pair.peer, "ping", "-c1", "-W1",
+                    f"{host_link_local}%peer"], capture_output=True)  # fmt: skip
+    neighbours = run("ip", "-n", pair.peer, "-6", "neigh", "show", host_link_local)
+    assert "lladdr" in neighbours, neighbours
+    # ... but no advertisement goes to a routable address (the peer asked from its ULA)
     subprocess.run(["ip", "netns", "exec", pair.peer, "ping", "-c1", "-W1", "fd00:77::2"],
                    capture_output=True)  # fmt: skip
     neighbours = run("ip", "-n", pair.peer, "-6", "neigh", "show", "fd00:77::2")
-    assert "lladdr" in neighbours, neighbours
+    assert "lladdr" not in neighbours, neighbours
 
 
 def test_bad_transaction_fails_whole_and_keeps_previous_table(pair: Pair) -> None:

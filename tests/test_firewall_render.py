@@ -38,6 +38,7 @@ def make(state: str, **overrides: Any) -> FirewallPolicy:
         "tunnel_interface": "nordlynx",
         "tunnel_dns": (ip_address("10.5.0.1"),),
         "ipv6_tunnel": False,
+        "tunnel_addresses": (ip_address("10.5.0.2"),),
     }
     arguments.update(overrides)
     return policy_for_state(state, **arguments)
@@ -50,6 +51,7 @@ CASES: dict[str, FirewallPolicy] = {
     "reconnecting": make("reconnecting"),
     "connected": make("connected"),
     "connected-allow-lan": make("connected", allow_lan=True),
+    "connected-allow-lan-default": make("connected", allow_lan=True, lan=()),
     "connected-ipv6-tunnel": make(
         "connected",
         ipv6_tunnel=True,
@@ -142,6 +144,63 @@ def test_ipv6_via_tunnel_only_when_asked() -> None:
 def test_allow_lan_off_means_no_lan_set() -> None:
     assert "lan_v4" not in render(CASES["connected"])
     assert CASES["connected"].lan == ()
+
+
+def test_allow_lan_without_networks_opens_every_local_range() -> None:
+    policy = CASES["connected-allow-lan-default"]
+    assert set(policy.lan) == {
+        *map(ip_network, ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16")),
+        *map(ip_network, ("224.0.0.0/24", "239.0.0.0/8", "255.255.255.255/32")),
+        *map(ip_network, ("fe80::/10", "fc00::/7", "ff01::/16", "ff02::/15", "ff04::/15")),
+    }
+    script = render(policy)
+    assert "ip daddr @lan_v4 accept" in script and "ip6 saddr @lan_v6 accept" in script
+    # global multicast scope and public ranges stay closed
+    assert "224.0.0.0/4" not in script and "ff0e" not in script and "ff00::/8" not in script
+    assert CASES["connected"].lan == ()  # AllowLan off: nothing
+
+
+def _rules(script: str, chain: str) -> list[str]:
+    body = script.split(f"chain {chain} {{")[1].split("\n\t}")[0]
+    return [line.strip() for line in body.splitlines()[2:]]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if CASES[n].block))
+def test_link_basics_stay_on_the_link(name: str) -> None:
+    output = _rules(render(CASES[name]), "output")
+    dhcp4 = [rule for rule in output if "sport 68" in rule or "dport 67" in rule]
+    assert dhcp4 == ["ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept"]
+    dhcp6 = [rule for rule in output if "546" in rule or "547" in rule]
+    assert dhcp6 == [
+        "ip6 saddr fe80::/10 ip6 daddr { ff02::1:2, ff05::1:3 } udp sport 546 udp dport 547 accept"
+    ]
+    icmp6 = [rule for rule in output if "icmpv6" in rule]
+    assert icmp6 == [
+        "ip6 hoplimit 255 ip6 daddr { fe80::/10, ff02::/16 } icmpv6 type "
+        "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept"
+    ]
+    v6 = render_restore(CASES[name], 6, SavedState(frozenset(), frozenset(), ""))
+    v6_output = [line for line in v6.splitlines() if line.startswith("-A NORDWGD-OUTPUT")]
+    assert not any(
+        ("udp" in line and "--dport 547" in line and "-d ff0" not in line)
+        or ("icmp6" in line and "-d fe80::/10" not in line and "-d ff02::/16" not in line)
+        for line in v6_output
+    ), v6
+    v4 = render_restore(CASES[name], 4, SavedState(frozenset(), frozenset(), ""))
+    assert [line for line in v4.splitlines() if "--dport 67" in line] == [
+        "-A NORDWGD-OUTPUT -d 255.255.255.255 -p udp -m udp --sport 68 --dport 67 -j ACCEPT"
+    ]
+
+
+def test_tunnel_address_is_reachable_only_through_the_tunnel() -> None:
+    script = render(CASES["connected-allow-lan"])
+    inputs = _rules(script, "input")
+    drop = inputs.index('iifname != "nordlynx" ip daddr @tun_v4 counter name dropped_input drop')
+    assert drop < inputs.index("ct state established,related accept")
+    assert drop < inputs.index("ip saddr @lan_v4 accept")
+    assert "@tun_v4" not in render(CASES["connecting"])
+    v4 = render_restore(CASES["connected-allow-lan"], 4, SavedState(frozenset(), frozenset(), ""))
+    assert v4.index("-A NORDWGD-INPUT ! -i nordlynx -d 10.5.0.2 ") < v4.index("--ctstate")
 
 
 def test_policy_is_normalised() -> None:

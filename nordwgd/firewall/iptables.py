@@ -11,7 +11,19 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
-from nordwgd.firewall.policy import DNS_PORTS, FirewallPolicy
+from nordwgd.firewall.policy import (
+    DHCPV4_BROADCAST,
+    DHCPV4_CLIENT_PORT,
+    DHCPV4_SERVER_PORT,
+    DHCPV6_CLIENT_PORT,
+    DHCPV6_SERVER_PORT,
+    DHCPV6_SERVERS,
+    DNS_PORTS,
+    IPV6_LINK_LOCAL,
+    IPV6_LINK_MULTICAST,
+    NDP_HOP_LIMIT,
+    FirewallPolicy,
+)
 from nordwgd.firewall.render import tag
 
 Family = Literal[4, 6]
@@ -110,21 +122,34 @@ def _rules(policy: FirewallPolicy, family: Family, table: str) -> list[str]:
 
 def _input(policy: FirewallPolicy, family: Family) -> list[str]:
     chain = "-A NORDWGD-INPUT"
-    rules = [
-        f'{chain} -i lo -m comment --comment "{tag(policy)}" -j ACCEPT',
-        f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-    ]
+    rules = [f'{chain} -i lo -m comment --comment "{tag(policy)}" -j ACCEPT']
+    # CVE-2019-14899: the tunnel address answers only through the tunnel (see the nft template)
+    rules.extend(
+        f"{chain} ! -i {policy.tunnel_interface} -d {address} "
+        '-m comment --comment "dropped_input" -j DROP'
+        for address in policy.tunnel_addresses
+        if policy.tunnel_interface and _version(address) == family
+    )
+    rules.append(f"{chain} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    hop_limit = f"-m hl --hl-eq {NDP_HOP_LIMIT}"
     if family == 4:
-        rules.append(f"{chain} -p udp -m udp --sport 67 --dport 68 -j ACCEPT")
+        rules.append(
+            f"{chain} -p udp -m udp --sport {DHCPV4_SERVER_PORT} --dport {DHCPV4_CLIENT_PORT} "
+            "-j ACCEPT"
+        )
     else:
-        rules.append(f"{chain} -p udp -m udp --sport 547 --dport 546 -j ACCEPT")
+        rules.append(
+            f"{chain} -s {IPV6_LINK_LOCAL} -d {IPV6_LINK_LOCAL} -p udp -m udp "
+            f"--sport {DHCPV6_SERVER_PORT} --dport {DHCPV6_CLIENT_PORT} -j ACCEPT"
+        )
         rules.extend(
-            f"{chain} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
-            for kind in (
-                "router-advertisement",
-                "neighbour-solicitation",
-                "neighbour-advertisement",
-            )
+            f"{chain} -s {IPV6_LINK_LOCAL} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} "
+            f"{hop_limit} -j ACCEPT"
+            for kind in ("router-advertisement", "neighbour-solicitation")
+        )
+        rules.append(
+            f"{chain} -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-advertisement "
+            f"{hop_limit} -j ACCEPT"
         )
     rules.extend(f"{chain} -s {net} -j ACCEPT" for net in _lan(policy, family))
     rules.append(f'{chain} -m comment --comment "dropped_input" -j DROP')
@@ -136,12 +161,22 @@ def _output(policy: FirewallPolicy, family: Family) -> list[str]:
     mark = f"-m mark --mark 0x{policy.fwmark:x}"
     dports = "-m multiport --dports " + ",".join(str(p) for p in DNS_PORTS)
     rules = [f'{chain} -o lo -m comment --comment "{tag(policy)}" -j ACCEPT']
+    # The basics stay on the link (see the nft template for why).
     if family == 4:
-        rules.append(f"{chain} -p udp -m udp --sport 68 --dport 67 -j ACCEPT")
+        rules.append(
+            f"{chain} -d {DHCPV4_BROADCAST} -p udp -m udp --sport {DHCPV4_CLIENT_PORT} "
+            f"--dport {DHCPV4_SERVER_PORT} -j ACCEPT"
+        )
     else:
-        rules.append(f"{chain} -p udp -m udp --sport 546 --dport 547 -j ACCEPT")
         rules.extend(
-            f"{chain} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
+            f"{chain} -s {IPV6_LINK_LOCAL} -d {server} -p udp -m udp "
+            f"--sport {DHCPV6_CLIENT_PORT} --dport {DHCPV6_SERVER_PORT} -j ACCEPT"
+            for server in DHCPV6_SERVERS
+        )
+        rules.extend(
+            f"{chain} -d {destination} -p ipv6-icmp -m icmp6 --icmpv6-type {kind} "
+            f"-m hl --hl-eq {NDP_HOP_LIMIT} -j ACCEPT"
+            for destination in (IPV6_LINK_LOCAL, IPV6_LINK_MULTICAST)
             for kind in ("router-solicitation", "neighbour-solicitation", "neighbour-advertisement")
         )
     endpoint = policy.endpoint

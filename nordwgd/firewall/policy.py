@@ -15,11 +15,11 @@ from ipaddress import (
     IPv6Address,
     IPv6Network,
     collapse_addresses,
-    ip_network,
 )
 from typing import Literal
 
 from nordwgd.errors import InvalidArgument
+from nordwgd.lanranges import LAN_NETWORKS, LAN_RANGES, within
 from nordwgd.model import Endpoint, IPAddress, IPNetwork
 from nordwgd.split.bridges import check_patterns
 
@@ -27,17 +27,18 @@ STATES = ("disconnected", "connecting", "connected", "reconnecting", "disconnect
 
 Blocking = Literal["open", "blocked"]
 
-# What allow_lan may open: never a public range.
-LAN_RANGES: tuple[IPNetwork, ...] = (
-    ip_network("10.0.0.0/8"),  # RFC 1918
-    ip_network("172.16.0.0/12"),  # RFC 1918
-    ip_network("192.168.0.0/16"),  # RFC 1918
-    ip_network("169.254.0.0/16"),  # IPv4 link-local
-    ip_network("224.0.0.0/4"),  # IPv4 multicast
-    ip_network("fe80::/10"),  # IPv6 link-local
-    ip_network("fc00::/7"),  # IPv6 unique local (the IPv6 counterpart of RFC 1918)
-    ip_network("ff00::/8"),  # IPv6 multicast
-)
+# The basics of every blocking state (docs/security.md): the uplink may still get its
+# addresses and find its neighbours, but only on the link itself, never to a routed address.
+DHCPV4_CLIENT_PORT = 68
+DHCPV4_SERVER_PORT = 67
+DHCPV4_BROADCAST = IPv4Address("255.255.255.255")  # a client's requests go only here
+DHCPV6_CLIENT_PORT = 546
+DHCPV6_SERVER_PORT = 547
+# All_DHCP_Relay_Agents_and_Servers (link scope) and All_DHCP_Servers (site scope), RFC 8415
+DHCPV6_SERVERS = (IPv6Address("ff02::1:2"), IPv6Address("ff05::1:3"))
+IPV6_LINK_LOCAL = IPv6Network("fe80::/10")
+IPV6_LINK_MULTICAST = IPv6Network("ff02::/16")  # link scope: routers never forward it
+NDP_HOP_LIMIT = 255  # RFC 4861: a receiver drops neighbour discovery with any other value
 
 DNS_PORTS = (53, 853)  # plain DNS, DNS over TLS / QUIC
 FWMARK_MAX = 0xFFFFFFFF
@@ -61,6 +62,8 @@ class FirewallPolicy:
     tunnel_interface: str | None = None  # everything may leave through it (IPv6 if ipv6_tunnel)
     tunnel_dns: tuple[IPAddress, ...] = ()  # the only resolvers, and only through the tunnel
     lan: tuple[IPNetwork, ...] = ()  # allowed both ways (allow_lan), except DNS
+    # The tunnel's own addresses: reachable only through the tunnel (CVE-2019-14899)
+    tunnel_addresses: tuple[IPAddress, ...] = ()
     ipv6_tunnel: bool = False
     forward_from: tuple[IPNetwork, ...] = ()  # gateway clients, forwarded only into the tunnel
     # split tunnelling (nordwgd/split): connections with this conntrack mark (0: none) leave
@@ -101,8 +104,14 @@ def policy_for_state(
     forward_from: tuple[IPNetwork, ...] = (),
     excluded_ct_mark: int = 0,
     bridges: tuple[str, ...] = (),
+    tunnel_addresses: tuple[IPAddress, ...] = (),
 ) -> FirewallPolicy:
-    """What the firewall lets through in ``state``. Raises InvalidArgument for bad inputs."""
+    """What the firewall lets through in ``state``. Raises InvalidArgument for bad inputs.
+
+    With ``allow_lan``, ``lan`` names the local networks to open; empty opens every range of
+    ``nordwgd.lanranges.LAN_RANGES``. ``tunnel_addresses`` (connected only) are the addresses
+    of the tunnel interface, which no other interface may reach.
+    """
     if state not in STATES:
         raise InvalidArgument(f"firewall: unknown state {state!r} (expected one of {STATES})")
     if not 0 < fwmark <= FWMARK_MAX:
@@ -113,8 +122,8 @@ def policy_for_state(
         raise InvalidArgument(f"firewall: endpoint port {endpoint.port} is not a UDP port")
     if tunnel_interface is not None:
         _check_ifname(tunnel_interface)
-    lan_networks = _lan_networks(lan, "lan") if allow_lan else ()
-    forward_networks = _lan_networks(forward_from, "forward_from")
+    lan_networks = _local_networks(lan or LAN_RANGES, LAN_RANGES, "lan") if allow_lan else ()
+    forward_networks = _local_networks(forward_from, LAN_NETWORKS, "forward_from")
 
     if state == "disconnected" and not lockdown:
         return FirewallPolicy(state=state, block=False)
@@ -143,6 +152,7 @@ def policy_for_state(
             tunnel_interface=tunnel_interface,
             tunnel_dns=_sorted_addresses(tunnel_dns),
             ipv6_tunnel=ipv6_tunnel,
+            tunnel_addresses=_sorted_addresses(tunnel_addresses),
         )
     if state in ("error", "disconnected"):  # disconnected here means lockdown: as error
         return base
@@ -160,12 +170,11 @@ def _sorted_addresses(addresses: tuple[IPAddress, ...]) -> tuple[IPAddress, ...]
     return (*v4, *v6)
 
 
-def _lan_networks(networks: tuple[IPNetwork, ...], key: str) -> tuple[IPNetwork, ...]:
+def _local_networks(
+    networks: tuple[IPNetwork, ...], allowed: tuple[IPNetwork, ...], key: str
+) -> tuple[IPNetwork, ...]:
     for network in networks:
-        if not any(
-            network.version == allowed.version and network.subnet_of(allowed)  # type: ignore[arg-type]
-            for allowed in LAN_RANGES
-        ):
+        if not within(network, allowed):
             raise InvalidArgument(
                 f"firewall: {key}: {network} is not a private, link-local or multicast range"
             )

@@ -12,6 +12,7 @@ from functools import cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Final
 
+from nordwgd.firewall import policy as basics
 from nordwgd.firewall.policy import DNS_PORTS, FirewallPolicy
 from nordwgd.model import IPAddress, IPNetwork
 
@@ -67,6 +68,8 @@ def render(policy: FirewallPolicy) -> str:
         _network_set("lan_v6", policy.lan, 6),
         _network_set("fwd_v4", policy.forward_from, 4),
         _network_set("fwd_v6", policy.forward_from, 6),
+        _address_set("tun_v4", policy.tunnel_addresses, 4),
+        _address_set("tun_v6", policy.tunnel_addresses, 6),
     )
     used = tuple(s for s in sets if s.elements)
     has = {s.name: bool(s.elements) for s in sets}
@@ -79,6 +82,7 @@ def render(policy: FirewallPolicy) -> str:
     template = _environment().get_template("nordwgd.nft.j2")
     return template.render(
         policy=policy,
+        basics=basics,
         tag=tag(policy),
         sets=used,
         has=has,

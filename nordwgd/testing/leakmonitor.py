@@ -1,10 +1,14 @@
 """Counts every packet from the host that the kill switch should never let out.
 
 An nftables ``netdev`` ingress chain on the router's end of the host's uplink lets pass
-uncounted only what nordwgd may always send: UDP to a fleet station's WireGuard port, TCP to
-a pinned API address, ARP, DHCP (v4 and v6), and IPv6 neighbour discovery and multicast
-listener reports (the kernel sends those on its own when a link comes up). Everything else is
-counted, and its destination and protocol are remembered in dynamic sets with counters.
+uncounted only what nordwgd may always send, and only in the narrow shape the kill switch
+allows it (docs/security.md): UDP to a fleet station's WireGuard port, TCP to a pinned API
+address, ARP, DHCPv4 requests to the broadcast address, DHCPv6 requests from a link-local
+address to the DHCPv6 servers' multicast groups, neighbour discovery with hop limit 255 to
+link-local or link-scope multicast addresses, and multicast listener reports to link-scope
+groups (the kernel sends those on its own when a link comes up). Everything else is counted,
+its destination and protocol remembered in dynamic sets with counters: a DHCP packet to a
+unicast address, DHCPv6 or neighbour discovery to a global address, any other ICMPv6.
 """
 
 from __future__ import annotations
@@ -18,16 +22,9 @@ from nordwgd.model import WIREGUARD_PORT
 from nordwgd.testing.netns import nft, run
 
 TABLE = "nwgt_leakmon"
-_ICMPV6_HOUSEKEEPING = (
-    "nd-router-solicit",
-    "nd-router-advert",
-    "nd-neighbor-solicit",
-    "nd-neighbor-advert",
-    "nd-redirect",
-    "mld-listener-report",
-    "mld-listener-done",
-    "mld2-listener-report",
-)
+_NDP = "nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert"
+_LINK_SCOPE = "fe80::/10, ff02::/16"  # link-local unicast and link-scope multicast
+_LISTENER_REPORTS = "mld-listener-report, mld-listener-done, mld2-listener-report"
 _PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp"}
 
 
@@ -59,7 +56,7 @@ class LeakMonitor:
         stations = ", ".join(self.stations) or "0.0.0.0"
         api = ", ".join(self.api_addresses) or "0.0.0.0"
         extra = "".join(
-            f"        meta protocol ip ip daddr {address} tcp dport {port} return\n"
+            f"        ip daddr {address} tcp dport {port} return\n"
             for address, port in self.tcp_allowed
         )
         return f"""
@@ -74,11 +71,12 @@ table netdev {TABLE} {{
     chain ingress {{
         type filter hook ingress device "{self.device}" priority 0; policy accept;
         ether type arp return
-        meta protocol ip udp sport 68 udp dport 67 return
-        meta protocol ip ip daddr @stations udp dport {WIREGUARD_PORT} return
-        meta protocol ip ip daddr @api tcp dport {self.api_port} return
-{extra}        meta protocol ip6 udp sport 546 udp dport 547 return
-        meta protocol ip6 icmpv6 type {{ {", ".join(_ICMPV6_HOUSEKEEPING)} }} return
+        ip daddr 255.255.255.255 udp sport 68 udp dport 67 return
+        ip daddr @stations udp dport {WIREGUARD_PORT} return
+        ip daddr @api tcp dport {self.api_port} return
+{extra}        ip6 saddr fe80::/10 ip6 daddr {{ ff02::1:2, ff05::1:3 }} udp sport 546 udp dport 547 return
+        ip6 hoplimit 255 ip6 daddr {{ {_LINK_SCOPE} }} icmpv6 type {{ {_NDP} }} return
+        ip6 daddr ff02::/16 icmpv6 type {{ {_LISTENER_REPORTS} }} return
         meta protocol ip update @leaks4 {{ ip daddr . meta l4proto }} counter name "leaked" return
         meta protocol ip6 update @leaks6 {{ ip6 daddr . meta l4proto }} counter name "leaked" return
         counter name "leaked"
