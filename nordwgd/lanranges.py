@@ -42,12 +42,16 @@ LAN_RANGES: tuple[IPNetwork, ...] = (*LAN_NETWORKS, *LAN_MULTICAST)
 def within(network: IPNetwork, ranges: tuple[IPNetwork, ...]) -> bool:
     """Whether ``network`` lies wholly inside one of ``ranges``."""
     return any(
-        isinstance(network, IPv4Network)
-        and isinstance(allowed, IPv4Network)
-        and network.subnet_of(allowed)
-        or isinstance(network, IPv6Network)
-        and isinstance(allowed, IPv6Network)
-        and network.subnet_of(allowed)
+        (
+            isinstance(network, IPv4Network)
+            and isinstance(allowed, IPv4Network)
+            and network.subnet_of(allowed)
+        )
+        or (
+            isinstance(network, IPv6Network)
+            and isinstance(allowed, IPv6Network)
+            and network.subnet_of(allowed)
+        )
         for allowed in ranges
     )
 
