@@ -368,17 +368,38 @@ def test_ipv6_blocked_but_neighbour_discovery_works(pair: Pair) -> None:
     assert pair.arrived(v6, lambda: pair.probe("udp", "fd00:77::1", 9999)) == 0
     # the peer can still resolve the host's link-local address (solicitation in,
     # advertisement out to a link-local address) ...
-    shown = run("ip", "-n", pair.host, "-6", "-o", "addr", "show", "dev", "host", "scope", "link")
-    host_link_local = shown.split()[3].split("/")[0]
+    host_link_local = _link_local(pair.host, "host")
+    _link_local(pair.peer, "peer")
     subprocess.run(["ip", "netns", "exec", pair.peer, "ping", "-c1", "-W1",
                     f"{host_link_local}%peer"], capture_output=True)  # fmt: skip
-    neighbours = run("ip", "-n", pair.peer, "-6", "neigh", "show", host_link_local)
+    neighbours = _resolved(pair.peer, host_link_local)
     assert "lladdr" in neighbours, neighbours
     # ... but no advertisement goes to a routable address (the peer asked from its ULA)
     subprocess.run(["ip", "netns", "exec", pair.peer, "ping", "-c1", "-W1", "fd00:77::2"],
                    capture_output=True)  # fmt: skip
-    neighbours = run("ip", "-n", pair.peer, "-6", "neigh", "show", "fd00:77::2")
+    neighbours = _resolved(pair.peer, "fd00:77::2")
     assert "lladdr" not in neighbours, neighbours
+
+
+def _link_local(netns: str, device: str) -> str:
+    """The device's link-local address once duplicate address detection is done with it."""
+    deadline = time.monotonic() + 5
+    while True:
+        shown = run("ip", "-n", netns, "-6", "-o", "addr", "show", "dev", device, "scope", "link")
+        if shown and "tentative" not in shown:
+            return shown.split()[3].split("/")[0]
+        assert time.monotonic() < deadline, f"{device} in {netns} keeps a tentative address"
+        time.sleep(0.05)
+
+
+def _resolved(netns: str, address: str) -> str:
+    """The neighbour entry for ``address`` once resolution has ended (or after 4 s)."""
+    deadline = time.monotonic() + 4
+    while True:
+        entry = run("ip", "-n", netns, "-6", "neigh", "show", address)
+        if "INCOMPLETE" not in entry or time.monotonic() > deadline:
+            return entry
+        time.sleep(0.1)
 
 
 def test_bad_transaction_fails_whole_and_keeps_previous_table(pair: Pair) -> None:
