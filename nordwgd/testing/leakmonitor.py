@@ -56,7 +56,7 @@ class LeakMonitor:
         stations = ", ".join(self.stations) or "0.0.0.0"
         api = ", ".join(self.api_addresses) or "0.0.0.0"
         extra = "".join(
-            f"        ip daddr {address} tcp dport {port} return\n"
+            f"\n        ip daddr {address} tcp dport {port} return"
             for address, port in self.tcp_allowed
         )
         return f"""
@@ -73,8 +73,8 @@ table netdev {TABLE} {{
         ether type arp return
         ip daddr 255.255.255.255 udp sport 68 udp dport 67 return
         ip daddr @stations udp dport {WIREGUARD_PORT} return
-        ip daddr @api tcp dport {self.api_port} return
-{extra}        ip6 saddr fe80::/10 ip6 daddr {{ ff02::1:2, ff05::1:3 }} udp sport 546 udp dport 547 return
+        ip daddr @api tcp dport {self.api_port} return{extra}
+        ip6 saddr fe80::/10 ip6 daddr {{ ff02::1:2, ff05::1:3 }} udp sport 546 udp dport 547 return
         ip6 hoplimit 255 ip6 daddr {{ {_LINK_SCOPE} }} icmpv6 type {{ {_NDP} }} return
         ip6 daddr ff02::/16 icmpv6 type {{ {_LISTENER_REPORTS} }} return
         meta protocol ip update @leaks4 {{ ip daddr . meta l4proto }} counter name "leaked" return
