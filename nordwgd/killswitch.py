@@ -13,8 +13,8 @@ Whether Lockdown is on is read as the daemon reads it, and a broken config does 
    validation elsewhere (then the pinned API addresses and the mark are the defaults: the
    daemon refuses that config anyway, so only blocking matters);
 3. only when neither can be read (the config is not TOML, or cannot be read, and nothing is
-   stored) may traffic stay open, and that is said loudly, on stderr and in the journal, and
-   the unit fails.
+   stored) may traffic stay open, and that is said loudly: an error on stderr and in the
+   journal, and the unit fails.
 
 The state directory is ``paths.state_dir`` of the config when it can be read, else
 ``$STATE_DIRECTORY`` (set by systemd for units with StateDirectory=), else /var/lib/nordwgd.
@@ -160,8 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if inputs.settings is None:
         _loudly(
             handler,
-            f"{inputs.problem}; nothing tells whether lockdown is wanted, so NOTHING IS "
-            "BLOCKED: traffic is open until the config is fixed",
+            f"{inputs.problem}; nothing tells whether lockdown is wanted: nothing blocked, "
+            "traffic is open until the config is fixed",
         )
         systemd.status("config unreadable; nothing blocked")
         return EX_CONFIG

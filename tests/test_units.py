@@ -245,8 +245,11 @@ def test_polkit_actions() -> None:
 
 
 def run_killswitch(config: Path) -> subprocess.CompletedProcess[str]:
+    # In a network namespace of its own: a kill switch that blocked here would cut the
+    # machine off (it reads /var/lib/nordwgd when the config names no state directory).
+    argv = ["unshare", "--net", "--", sys.executable, "-m", "nordwgd.killswitch"]
     return subprocess.run(
-        [sys.executable, "-m", "nordwgd.killswitch", "--config", str(config)],
+        [*argv, "--config", str(config)],
         capture_output=True,
         text=True,
         check=False,

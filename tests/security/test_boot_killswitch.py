@@ -116,7 +116,7 @@ def test_boot_kill_switch_reads_lockdown_through_a_broken_config(
     if case.exit_code:
         assert str(config) in result.stderr  # the problem is named, with the file
     if not case.blocks and case.config is NOT_TOML:
-        assert "NOTHING IS BLOCKED" in result.stderr
+        assert "nothing tells whether lockdown is wanted: nothing blocked" in result.stderr
 
 
 def test_state_directory_from_the_environment_only_when_the_config_cannot_say(
