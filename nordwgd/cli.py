@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
-from nordwgd import __version__, errors
+from nordwgd import __version__, cli_split, errors
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME, OBJECT_PATH
 from nordwgd.bus.convert import plain
 from nordwgd.bus.errors import from_error_name
@@ -226,7 +226,10 @@ def _print(text: str) -> None:
 
 async def cmd_status(client: Client, args: argparse.Namespace) -> int:
     properties = await client.properties()
-    _print(to_json(properties) if args.json else format_status(properties))
+    split = await cli_split.split_properties(client)
+    properties.update(split)
+    text = format_status(properties) + cli_split.format_split(split)
+    _print(to_json(properties) if args.json else text)
     return EXIT_OK
 
 
@@ -644,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor = add("monitor", cmd_monitor, "print state changes as they happen")
     monitor.add_argument("--json", action="store_true", help="one JSON object per change")
     add("version", cmd_version, "show client and daemon versions")
+    cli_split.add_commands(add)
     return parser
 
 

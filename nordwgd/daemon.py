@@ -24,9 +24,13 @@ from nordwgd.bus import BUS_NAME
 from nordwgd.bus.polkit import Authorizer
 from nordwgd.bus.service import ManagerFacade, ServiceBus, export_manager
 from nordwgd.bus.sleep import SleepWatcher
+from nordwgd.bus.split import export_split
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, NordwgdError
 from nordwgd.netwatch import UplinkWatcher
+from nordwgd.split import bridges
+from nordwgd.split.control import SplitControl
+from nordwgd.split.excluded import ExcludedApps
 from nordwgd.states import Blocking, State
 from nordwgd.status import Status
 
@@ -99,6 +103,7 @@ def status_line(status: Status) -> str:
 
 
 class DaemonManager(ManagerFacade, Protocol):
+    def excluded_apps(self) -> ExcludedApps | None: ...
     async def start(self) -> None: ...
     async def stop(self, *, keep_blocking: bool) -> None: ...
     def trigger_health_check(self, reason: str = ...) -> None: ...
@@ -165,6 +170,26 @@ async def watch_network(
     return stoppers
 
 
+async def serve_split_tunnel(
+    bus: ServiceBus, manager: DaemonManager, config: Config
+) -> SplitControl | None:
+    """Export the SplitTunnel interface and make the excluded slice (when there is one)."""
+    excluded = manager.excluded_apps()
+    if excluded is None:
+        return None
+    split = SplitControl(excluded)
+    network = config.network
+    export_split(
+        bus,
+        split,
+        Authorizer(bus),
+        lambda: list(bridges.present(config.split.bridges)),
+        network.namespace if network.mode == "namespace" else "",
+    )
+    await split.start()
+    return split
+
+
 async def check_config_on_hangup(path: Path, running: Config) -> None:
     """SIGHUP: the config is not reloaded; say whether the file differs and whether it is valid.
 
@@ -214,6 +239,7 @@ async def run(config: Config, config_path: Path | None = None) -> int:
         manager = create_manager(config)
         await manager.start()
         export_manager(bus, manager, Authorizer(bus))
+        split = await serve_split_tunnel(bus, manager, config)
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             await manager.stop(keep_blocking=True)
@@ -246,6 +272,8 @@ async def run(config: Config, config_path: Path | None = None) -> int:
             with contextlib.suppress(DBusError, OSError, EOFError):
                 await stop()
         await manager.stop(keep_blocking=keep_blocking)
+        if split is not None:
+            split.close()
         if bus.connected:
             with contextlib.suppress(DBusError, OSError, EOFError):
                 await bus.release_name(BUS_NAME)

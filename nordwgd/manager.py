@@ -35,6 +35,7 @@ from nordwgd.machine import Machine, Tuning
 from nordwgd.planner import Planner, Target, check_options
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.runstate import write_atomic
+from nordwgd.split.excluded import ExcludedApps
 from nordwgd.states import Blocking, State
 from nordwgd.status import Status, server_properties
 from nordwgd.token import delete_token, load_token, store_token, validate_token
@@ -144,6 +145,7 @@ class Manager:
         self._catalog = catalog
         self._planner: Planner | None = None
         self._machine: Machine | None = None
+        self._engine: Engine | None = None
         self._subscribers: list[Callable[[Status], None]] = []
         self._triggered_check: asyncio.Task[None] | None = None
         self._triggered_checks = 0
@@ -166,6 +168,7 @@ class Manager:
         self._planner = Planner(config, self._api, self._catalog)
         settings = await asyncio.to_thread(load_settings, config)
         engine = self._engine_factory(config)
+        self._engine = engine
         try:
             await engine.recover()
         except NordwgdError as error:
@@ -229,6 +232,10 @@ class Manager:
     def alive(self) -> bool:
         """For the watchdog: the state machine's loop and its tunnel monitor are running."""
         return self._machine is not None and self._machine.alive()
+
+    def excluded_apps(self) -> ExcludedApps | None:
+        """The excluded slice of the system engine (None for other engines or before start)."""
+        return getattr(self._engine, "excluded", None)
 
     def status(self) -> Status:
         if self._machine is None:

@@ -33,16 +33,28 @@ UNIFIED = """\
 ELSEWHERE = "50 1 0:40 / /mnt/cg rw - cgroup2 cgroup2 rw\n"
 
 
+INIT = cgroups.INIT_CGROUP_NS_INODE
+
+
 def test_hierarchy_is_detected_unified_or_hybrid() -> None:
-    hybrid = cgroups.detect(HYBRID)
-    assert hybrid == cgroups.Hierarchy(Path("/sys/fs/cgroup/unified"), "unified")
+    hybrid = cgroups.detect(HYBRID, INIT)
+    assert hybrid == cgroups.Hierarchy(Path("/sys/fs/cgroup/unified"), "unified", 0)
     assert hybrid.kind == "hybrid"
-    unified = cgroups.detect(UNIFIED)
-    assert unified == cgroups.Hierarchy(Path("/sys/fs/cgroup"), "")
+    unified = cgroups.detect(UNIFIED, INIT)
+    assert unified == cgroups.Hierarchy(Path("/sys/fs/cgroup"), "", 0)
     assert unified.kind == "unified"
     # nft resolves paths below /sys/fs/cgroup only: a cgroup2 mount elsewhere does not count.
-    assert cgroups.detect(ELSEWHERE) is None
-    assert cgroups.detect("") is None
+    assert cgroups.detect(ELSEWHERE, INIT) is None
+    assert cgroups.detect("", INIT) is None
+
+
+def test_depth_of_a_subtree_mount_and_of_a_cgroup_namespace() -> None:
+    subtree = UNIFIED.replace(" / /sys/fs/cgroup ", " /machine.slice/box.scope /sys/fs/cgroup ")
+    found = cgroups.detect(subtree, INIT)
+    assert found is not None and found.depth == 2
+    # In a cgroup namespace the root's depth is hidden: every level it could have.
+    contained = cgroups.detect(HYBRID, INIT + 1000)
+    assert contained is not None and contained.depth is None
 
 
 def test_slice_names_nest_by_dashes() -> None:
@@ -60,13 +72,18 @@ def test_lookup_gives_nft_path_level_and_id(tmp_path: Path) -> None:
     match = cgroups.lookup(hybrid, cgroups.slice_path("nordwgd-excluded.slice"))
     assert match is not None
     assert match.nft_path == "unified/nordwgd.slice/nordwgd-excluded.slice"
-    assert match.level == 2
-    assert match.expression() == (
-        'socket cgroupv2 level 2 "unified/nordwgd.slice/nordwgd-excluded.slice"'
+    assert match.levels == (2,)
+    assert match.expressions() == (
+        'socket cgroupv2 level 2 "unified/nordwgd.slice/nordwgd-excluded.slice"',
     )
     assert cgroups.members(match) == ("run-u7.scope",)
     unified = cgroups.lookup(cgroups.Hierarchy(tmp_path, ""), "nordwgd.slice")
-    assert unified is not None and unified.nft_path == "nordwgd.slice" and unified.level == 1
+    assert unified is not None and unified.nft_path == "nordwgd.slice" and unified.levels == (1,)
+    deeper = cgroups.lookup(cgroups.Hierarchy(tmp_path, "", 3), "nordwgd.slice")
+    assert deeper is not None and deeper.levels == (4,)
+    unknown = cgroups.lookup(cgroups.Hierarchy(tmp_path, "", None), "nordwgd.slice")
+    assert unknown is not None
+    assert unknown.levels == tuple(range(1, 1 + cgroups.UNKNOWN_DEPTH_LEVELS))
     assert cgroups.lookup(hybrid, "missing.slice") is None
     # made anew: a new inode, which is what tells the daemon to load its rules again
     old = match.inode

@@ -159,6 +159,7 @@ def test_excluded_process_leaves_by_the_uplink_and_its_sibling_by_the_tunnel(
         ).stdout
         match = cgroups.lookup(hierarchy, cgroups.slice_path(slice_name))
         assert match is not None
+        assert match.levels == (2,)  # this machine: no cgroup namespace, a hybrid hierarchy
         assert f'socket cgroupv2 level 2 "{match.nft_path}"' in ruleset
 
         # The sibling (no cgroup of ours) goes through the tunnel; nothing leaks.

@@ -7,6 +7,13 @@ depth of the cgroup in the v2 hierarchy (the ``unified`` prefix does not count).
 into the cgroup's id when the rule is loaded: the directory must exist then, and a slice that
 is removed and made again has a new id, so its rules must be loaded again.
 
+The level nft wants is absolute: the depth in the whole hierarchy, not in this process's view of
+it. A cgroup2 mount of a subtree (its root, in mountinfo, is not "/") adds that subtree's depth.
+Inside a cgroup namespace (a container) the depth of the namespace's root cannot be seen; there
+the match is written once for each level it could have (``UNKNOWN_DEPTH_LEVELS`` of them): a
+socket's ancestor at any other level is another cgroup with another id, so only the right one
+can ever match.
+
 Slice names nest by dashes, as systemd reads them: ``nordwgd-excluded.slice`` is the child of
 ``nordwgd.slice``, so its cgroup is ``nordwgd.slice/nordwgd-excluded.slice``.
 """
@@ -21,6 +28,8 @@ from pathlib import Path
 from nordwgd.errors import InvalidArgument
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+INIT_CGROUP_NS_INODE = 0xEFFFFFFB  # the kernel's PROC_CGROUP_INIT_INO
+UNKNOWN_DEPTH_LEVELS = 12
 _SLICE = re.compile(r"[A-Za-z0-9_.:\\]+(?:-[A-Za-z0-9_.:\\]+)*\.slice")
 
 
@@ -31,6 +40,7 @@ class Hierarchy:
 
     mount: Path
     prefix: str
+    depth: int | None = 0  # the depth of the mount's root in the whole hierarchy; None: unknown
 
     @property
     def kind(self) -> str:
@@ -42,25 +52,31 @@ class CgroupMatch:
     """One cgroup as an nft ``socket cgroupv2`` match, and the id it had when looked up."""
 
     nft_path: str  # relative to /sys/fs/cgroup, as nft resolves it
-    level: int  # depth in the cgroup v2 hierarchy
+    levels: tuple[int, ...]  # its depth in the whole cgroup v2 hierarchy, or the depths it may have
     directory: Path
     inode: int  # the cgroup id: a new one when the cgroup is made again
 
-    def expression(self) -> str:
-        return f'socket cgroupv2 level {self.level} "{self.nft_path}"'
+    def expressions(self) -> tuple[str, ...]:
+        return tuple(f'socket cgroupv2 level {level} "{self.nft_path}"' for level in self.levels)
 
 
-def detect(mountinfo: str | None = None) -> Hierarchy | None:
+def detect(mountinfo: str | None = None, cgroup_ns: int | None = None) -> Hierarchy | None:
     """The cgroup v2 mount of this process's mount namespace, None when there is none.
 
-    Only mounts at /sys/fs/cgroup or below count: nft resolves paths from there.
+    Only mounts at /sys/fs/cgroup or below count: nft resolves paths from there. ``cgroup_ns``
+    is the inode of this process's cgroup namespace (read from /proc when not given).
     """
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
             return None
-    found: list[Path] = []
+    if cgroup_ns is None:
+        try:
+            cgroup_ns = Path("/proc/self/ns/cgroup").stat().st_ino
+        except OSError:
+            cgroup_ns = INIT_CGROUP_NS_INODE
+    found: list[tuple[Path, str]] = []
     for line in mountinfo.splitlines():
         fields = line.split()
         if "-" not in fields:
@@ -70,11 +86,13 @@ def detect(mountinfo: str | None = None) -> Hierarchy | None:
             continue
         mount = Path(_unescape(fields[4]))
         if mount == CGROUP_ROOT or CGROUP_ROOT in mount.parents:
-            found.append(mount)
+            found.append((mount, _unescape(fields[3])))
     if not found:
         return None
-    mount = min(found, key=lambda path: len(path.parts))  # the outermost one
-    return Hierarchy(mount=mount, prefix=str(mount.relative_to(CGROUP_ROOT)).strip("."))
+    mount, root = min(found, key=lambda item: len(item[0].parts))  # the outermost one
+    depth = len(Path(root).parts) - 1 if cgroup_ns == INIT_CGROUP_NS_INODE else None
+    prefix = str(mount.relative_to(CGROUP_ROOT)).strip(".")
+    return Hierarchy(mount=mount, prefix=prefix, depth=depth)
 
 
 def _unescape(field: str) -> str:
@@ -105,9 +123,14 @@ def lookup(hierarchy: Hierarchy, cgroup: str) -> CgroupMatch | None:
     except OSError:
         return None
     nft_path = f"{hierarchy.prefix}/{relative}" if hierarchy.prefix else relative
+    level = len(Path(relative).parts)
+    if hierarchy.depth is None:
+        levels = tuple(range(level, level + UNKNOWN_DEPTH_LEVELS))
+    else:
+        levels = (level + hierarchy.depth,)
     return CgroupMatch(
         nft_path=nft_path,
-        level=len(Path(relative).parts),
+        levels=levels,
         directory=directory,
         inode=inode,
     )

@@ -79,7 +79,7 @@ def render(policy: SplitPolicy) -> str:
         + f'\tcomment "nordwgd split {policy.digest}"\n\n'
         + "\tchain excluded_output {\n"
         + "\t\ttype route hook output priority mangle; policy accept;\n"
-        + f"\t\t{policy.excluded.expression()} ct mark set {ct}\n"
+        + "".join(f"\t\t{match} ct mark set {ct}\n" for match in policy.excluded.expressions())
         + f"\t\tct mark {ct} meta mark set {mark}\n"
         + "\t}\n\n"
         + "\tchain excluded_replies {\n"
