@@ -32,7 +32,7 @@ from nordwgd.health import HealthMonitor
 from nordwgd.model import Endpoint, TunnelParams
 from nordwgd.planner import Target
 from nordwgd.states import ACTIVE_STATES, Blocking, ErrorCause, State, cause_of, is_transient
-from nordwgd.status import NO_TUNNEL, Status
+from nordwgd.status import NO_TUNNEL, Location, Status, remember
 from nordwgd.wireguard import PeerStats
 
 if TYPE_CHECKING:  # the real engine pulls in netlink and nftables; the machine needs only the type
@@ -96,6 +96,8 @@ class Machine:
         tuning: Tuning = Tuning(),
         on_target: Callable[[Target | None], Awaitable[None]] | None = None,
         on_settings: Callable[[bool, bool], Awaitable[None]] | None = None,
+        recent_locations: tuple[Location, ...] = (),
+        on_recent: Callable[[tuple[Location, ...]], Awaitable[None]] | None = None,
         health_factory: Callable[..., HealthMonitor] = HealthMonitor,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -105,6 +107,7 @@ class Machine:
         self._tuning = tuning
         self._on_target = on_target
         self._on_settings = on_settings
+        self._on_recent = on_recent
         self._health_factory = health_factory
         self._clock = clock
         self._queue: asyncio.Queue[_Command] = asyncio.Queue()
@@ -123,7 +126,11 @@ class Machine:
         self._failover_streak = 0
         self._params: TunnelParams | None = None
         self._status = Status(
-            lockdown=lockdown, allow_lan=allow_lan, mode=config.network.mode, version=version
+            lockdown=lockdown,
+            allow_lan=allow_lan,
+            mode=config.network.mode,
+            version=version,
+            recent_locations=recent_locations,
         )
         self._emitted = self._status
 
@@ -488,15 +495,20 @@ class Machine:
         return cause
 
     async def _connected(self, params: TunnelParams) -> None:
+        known = self._status.recent_locations
+        recent = known if params.server is None else remember(known, Location.of(params.server))
         entered = await self._enter(
             State.CONNECTED,
             params.endpoint,
             interface=self._engine.interface or self._config.network.interface,
             tunnel_address=str(params.address),
             connected_since=_now_us(),
+            recent_locations=recent,
         )
         if not entered:
             return
+        if self._on_recent is not None and recent != known:
+            await self._on_recent(recent)
         self._retry_streak = 0
         self._health = self._health_factory(
             self._config.health,

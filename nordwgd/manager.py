@@ -37,12 +37,19 @@ from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.runstate import write_atomic
 from nordwgd.split.excluded import ExcludedApps
 from nordwgd.states import Blocking, State
-from nordwgd.status import Status, server_properties
+from nordwgd.status import (
+    RECENT_LIMIT,
+    Location,
+    Status,
+    location_properties,
+    server_properties,
+)
 from nordwgd.token import delete_token, load_token, store_token, validate_token
 
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
+RECENT_FILE = "recent.json"
 TARGET_FILE = "target.json"
 LIST_SERVERS_DEFAULT = 20
 
@@ -92,6 +99,33 @@ def _write_json(path: Path, data: object, mode: int) -> None:
 def save_settings(config: Config, settings: Settings) -> None:
     data = {"lockdown": settings.lockdown, "allow_lan": settings.allow_lan}
     _write_json(config.paths.state_dir / SETTINGS_FILE, data, 0o644)
+
+
+def load_recent(config: Config) -> tuple[Location, ...]:
+    """The recently used locations saved by an earlier process; none when unreadable."""
+    path = config.paths.state_dir / RECENT_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as error:
+        log.warning("%s: unreadable (%s); starting without recent locations", path, error)
+        return ()
+    entries = data.get("locations") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        log.warning("%s: no locations list; starting without recent locations", path)
+        return ()
+    keys = ("country", "country_code", "city")
+    return tuple(
+        Location(*(entry[key] for key in keys))
+        for entry in entries[:RECENT_LIMIT]
+        if isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in keys)
+    )
+
+
+def save_recent(config: Config, recent: tuple[Location, ...]) -> None:
+    data = {"locations": [location_properties(location) for location in recent]}
+    _write_json(config.paths.state_dir / RECENT_FILE, data, 0o644)
 
 
 def read_target(config: Config) -> dict[str, str] | None:
@@ -167,6 +201,7 @@ class Manager:
             self._catalog = await asyncio.to_thread(Catalog.load)
         self._planner = Planner(config, self._api, self._catalog)
         settings = await asyncio.to_thread(load_settings, config)
+        recent = await asyncio.to_thread(load_recent, config)
         engine = self._engine_factory(config)
         self._engine = engine
         try:
@@ -185,6 +220,8 @@ class Manager:
             tuning=self._tuning,
             on_target=self._record_target,
             on_settings=self._save_settings,
+            recent_locations=recent,
+            on_recent=self._save_recent,
         )
         for callback in self._subscribers:
             self._machine.subscribe(callback)
@@ -221,6 +258,13 @@ class Manager:
 
     async def _save_settings(self, lockdown: bool, allow_lan: bool) -> None:
         await asyncio.to_thread(save_settings, self._config, Settings(lockdown, allow_lan))
+
+    async def _save_recent(self, recent: tuple[Location, ...]) -> None:
+        try:
+            await asyncio.to_thread(save_recent, self._config, recent)
+        except OSError as error:
+            # A list for menus: losing it is no reason to fail a connection.
+            log.warning("cannot save the recent locations: %s", error)
 
     def _running(self) -> tuple[Machine, Planner]:
         if self._machine is None or self._planner is None:

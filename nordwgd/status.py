@@ -13,6 +13,35 @@ from dataclasses import dataclass, replace
 from nordwgd.model import Server
 from nordwgd.states import Blocking, ErrorCause, State
 
+RECENT_LIMIT = 5
+"""How many recently used locations ``Status.recent_locations`` keeps."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a tunnel went: a country and city, as ``Connect`` accepts them back."""
+
+    country: str
+    country_code: str
+    city: str
+
+    @classmethod
+    def of(cls, server: Server) -> Location:
+        return cls(server.country, server.country_code, server.city)
+
+
+def remember(recent: tuple[Location, ...], location: Location) -> tuple[Location, ...]:
+    """``recent`` with ``location`` moved (or added) to the front, at most RECENT_LIMIT long."""
+    return (location, *(known for known in recent if known != location))[:RECENT_LIMIT]
+
+
+def location_properties(location: Location) -> dict[str, object]:
+    return {
+        "country": location.country,
+        "country_code": location.country_code,
+        "city": location.city,
+    }
+
 
 @dataclass(frozen=True)
 class Status:
@@ -32,6 +61,8 @@ class Status:
     rx_bytes: int = 0
     tx_bytes: int = 0
     forwarded_port: int = 0  # 0 when the provider forwards no port
+    # The locations of the latest connections, most recent first (kept across restarts).
+    recent_locations: tuple[Location, ...] = ()
 
     def without_counters(self) -> Status:
         """This status with the counters zeroed: equal values mean no transition happened."""

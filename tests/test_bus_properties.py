@@ -16,7 +16,7 @@ from nordwgd.bus.convert import PROPERTY_SIGNATURES, STATUS_PROPERTIES, status_v
 from nordwgd.bus.polkit import Authorizer
 from nordwgd.bus.service import ManagerInterface, install_get_all
 from nordwgd.states import Blocking, ErrorCause, State
-from nordwgd.status import Status
+from nordwgd.status import Location, Status
 from tests.fixtures_dbus import RecordingManager, Service, sample_server
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
@@ -97,6 +97,7 @@ def test_every_status_field_is_a_property_and_every_property_a_field() -> None:
         rx_bytes=3,
         tx_bytes=4,
         forwarded_port=5,
+        recent_locations=(Location("Germany", "DE", "Berlin"),),
     )
     values = status_values(status)
     mapped: dict[str, str] = {}

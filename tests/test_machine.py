@@ -22,7 +22,7 @@ from nordwgd.machine import Machine, Tuning
 from nordwgd.model import Endpoint, Secret, Server, TunnelParams
 from nordwgd.planner import Place, Target
 from nordwgd.states import State
-from nordwgd.status import Status
+from nordwgd.status import RECENT_LIMIT, Location, Status, remember
 from nordwgd.wireguard import PeerStats
 
 WAIT = 5.0  # upper bound for waits on state; never an assertion about speed
@@ -184,6 +184,7 @@ class Harness:
         self._last = machine.status
         self.targets: list[Target | None] = []
         self.settings: list[tuple[bool, bool]] = []
+        self.recents: list[tuple[Location, ...]] = []
         machine.subscribe(self._published)
 
     def _published(self, status: Status) -> None:
@@ -210,6 +211,7 @@ def build(
     health: HealthConfig | None = None,
     tuning: Tuning | None = None,
     prober: object = None,
+    recent: tuple[Location, ...] = (),
 ) -> Harness:
     config = Config()
     config = replace(config, health=health or replace(config.health, handshake_timeout=0.2))
@@ -226,6 +228,9 @@ def build(
     async def on_settings(lockdown: bool, allow_lan: bool) -> None:
         harness_box[0].settings.append((lockdown, allow_lan))
 
+    async def on_recent(locations: tuple[Location, ...]) -> None:
+        harness_box[0].recents.append(locations)
+
     machine = Machine(
         config,
         engine,  # type: ignore[arg-type]
@@ -236,6 +241,8 @@ def build(
         tuning=tuning or Tuning(retry_base=0.05, retry_max=0.2, health_tick=0.05),
         on_target=on_target,
         on_settings=on_settings,
+        recent_locations=recent,
+        on_recent=on_recent,
         health_factory=factory,
     )
     harness = Harness(machine, engine, planner)
@@ -478,6 +485,41 @@ async def test_reconnect_picks_another_server(started: Harness) -> None:
     assert (State.RECONNECTING, None) in policies
     tail = started.engine.kinds()[-6:]
     assert tail == ["policy", "down", "policy", "up", "wait_handshake", "policy"]
+
+
+async def test_a_connection_puts_its_location_first_in_the_recent_ones() -> None:
+    older = (Location("Sweden", "SE", "Stockholm"), Location("Germany", "DE", "Frankfurt"))
+    harness = build(recent=older)
+    await harness.machine.start()
+    try:
+        assert harness.machine.status.recent_locations == older
+        harness.machine.connect(TARGET)
+        status = await harness.wait_state(State.CONNECTED)
+        frankfurt = Location("Germany", "DE", "Frankfurt")
+        assert status.recent_locations == (frankfurt, older[0])
+        for _ in range(200):  # saved by the machine's task right after publishing
+            if harness.recents:
+                break
+            await asyncio.sleep(0.01)
+        assert harness.recents == [(frankfurt, older[0])]
+        # Published with the connection itself, in the same transition.
+        assert "recent_locations" in harness.notifications[-1]
+        assert harness.notifications[-1]["state"] == State.CONNECTED
+        # A reconnect to the same place changes nothing and saves nothing.
+        harness.machine.reconnect(TARGET)
+        await harness.machine.wait_for(on_server("de2.nordvpn.com", "connected"), WAIT)
+        assert harness.recents == [(frankfurt, older[0])]
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+def test_remember_keeps_the_latest_few_without_repeats() -> None:
+    places = [Location(f"Country {n}", f"C{n}", "City") for n in range(RECENT_LIMIT + 2)]
+    recent: tuple[Location, ...] = ()
+    for place in places:
+        recent = remember(recent, place)
+    assert recent == tuple(reversed(places))[:RECENT_LIMIT]
+    assert remember(recent, places[-3]) == (places[-3], places[-1], places[-2], *recent[3:])
 
 
 async def test_reconnect_when_disconnected_connects_to_the_given_target(started: Harness) -> None:

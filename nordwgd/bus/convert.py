@@ -12,7 +12,7 @@ from typing import Any
 from dbus_fast import Variant
 
 from nordwgd.errors import InvalidArgument
-from nordwgd.status import Status, server_properties
+from nordwgd.status import Status, location_properties, server_properties
 
 MAX_STRING = 256
 """Longest string accepted from a caller (hostnames are at most 253 characters)."""
@@ -39,6 +39,10 @@ STATUS_PROPERTIES: dict[str, tuple[str, Callable[[Status], object]]] = {
     "RxBytes": ("t", lambda status: status.rx_bytes),
     "TxBytes": ("t", lambda status: status.tx_bytes),
     "ForwardedPort": ("q", lambda status: status.forwarded_port),
+    "RecentLocations": (
+        "aa{sv}",
+        lambda status: [location_properties(loc) for loc in status.recent_locations],
+    ),
 }
 
 PROPERTY_SIGNATURES: dict[str, str] = {
@@ -138,6 +142,10 @@ def property_value(name: str, value: object) -> Any:
         else:
             raise TypeError(f"property {name} must be a number, not {type(value).__name__}")
         return min(max(number, 0), _UINT_LIMITS[signature])
+    if signature == "aa{sv}":
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"property {name} must be a list, not {type(value).__name__}")
+        return [to_vardict(item) for item in value]
     if signature == "a{sv}":
         if value is None:
             return {}

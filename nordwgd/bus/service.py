@@ -277,6 +277,12 @@ class ManagerInterface(ServiceInterface):
     def ForwardedPort(self) -> DBusUInt16:
         return self._number("ForwardedPort")
 
+    @dbus_property(access=PropertyAccess.READ)
+    def RecentLocations(self) -> DictList:
+        value: object = self.variants()["RecentLocations"].value
+        assert isinstance(value, list)
+        return value
+
     # Control (polkit action org.nordwgd.nordwgd1.control) -----------------------------
 
     @dbus_method()
