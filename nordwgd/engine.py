@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from ipaddress import ip_address
 from typing import TYPE_CHECKING, Protocol
 
 from nordwgd.config import Config
 from nordwgd.errors import FirewallFailed, InvalidArgument, TunnelFailed
 from nordwgd.firewall.apply import Firewall
 from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
-from nordwgd.model import Endpoint, IPAddress, TunnelParams
+from nordwgd.model import Endpoint, IPAddress, Pinholes, TunnelParams
 from nordwgd.runstate import JOURNAL_NAME
 from nordwgd.split.excluded import ExcludedApps
 from nordwgd.split.rules import EXCLUDED_CT_MARK
@@ -81,8 +82,17 @@ EngineFactory = Callable[[Config], Engine]
 class SystemEngine:
     """The real engine: the kill-switch firewall, the WireGuard backend and the Connection."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        pinholes: Callable[[], Pinholes] | None = None,
+        forwarded_port: Callable[[], int] | None = None,
+    ) -> None:
         self._config = config
+        # A provider other than NordVPN names its own API servers (and ports) as it goes.
+        self._pinholes = pinholes
+        self._forwarded_port = forwarded_port
         self._firewall = Firewall("auto")
         self._connection: Connection | None = None
         self._dns: tuple[IPAddress, ...] = config.dns.servers
@@ -128,6 +138,8 @@ class SystemEngine:
             # Only the namespace uses the tunnel, and it has no other way out: the host's own
             # traffic is left alone unless lockdown asks to block it (docs/security.md).
             return FirewallPolicy(state=state.value, block=False)
+        port = self._forwarded_port() if self._forwarded_port is not None else 0
+        forward_to = self._config.port_forward.forward_to
         try:
             return policy_for_state(
                 state.value,
@@ -135,7 +147,10 @@ class SystemEngine:
                 allow_lan=allow_lan,
                 lan=network.lan,
                 endpoint=endpoint,
-                api_addresses=self._config.api.addresses,
+                api_addresses=() if self._pinholes else self._config.api.addresses,
+                api_extra=self._pinholes() if self._pinholes else (),
+                forwarded_port=port if state == State.CONNECTED else 0,
+                forward_port_to=_host_port(forward_to) if network.mode == "gateway" else None,
                 api_port=self._config.api.port,
                 fwmark=network.fwmark,
                 tunnel_interface=network.interface if state == State.CONNECTED else None,
@@ -206,6 +221,14 @@ class SystemEngine:
 
     async def is_online(self) -> bool:
         return await asyncio.to_thread(_has_route, self._config.api.addresses)
+
+
+def _host_port(text: str) -> tuple[IPAddress, int] | None:
+    """``port_forward.forward_to`` ("ADDRESS:PORT", checked by the config) as a pair."""
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return ip_address(host.strip("[]")), int(port)
 
 
 def _has_route(addresses: tuple[IPAddress, ...]) -> bool:

@@ -46,11 +46,24 @@ Subscriber = Callable[[Status], None]
 
 
 class PlannerLike(Protocol):
-    """What the machine needs from the planner (see ``nordwgd.planner.Planner``)."""
+    """What the machine needs from the planner (see ``nordwgd.provider.base.Provider``)."""
 
     async def plan(self, target: Target, attempt: int, exclude: frozenset[str]) -> TunnelParams: ...
 
     def mark_failed(self, hostname: str) -> None: ...
+
+
+class Companion(Protocol):
+    """Something that runs beside one connected tunnel (port forwarding)."""
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# Makes the companion of a tunnel that just connected: its parameters, its interface, and how
+# it publishes a forwarded port.
+CompanionFactory = Callable[[TunnelParams, str, Callable[[int], None]], Companion | None]
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ class Machine:
         recent_locations: tuple[Location, ...] = (),
         on_recent: Callable[[tuple[Location, ...]], Awaitable[None]] | None = None,
         health_factory: Callable[..., HealthMonitor] = HealthMonitor,
+        companion_factory: CompanionFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -109,6 +123,8 @@ class Machine:
         self._on_settings = on_settings
         self._on_recent = on_recent
         self._health_factory = health_factory
+        self._companion_factory = companion_factory
+        self._companion: Companion | None = None
         self._clock = clock
         self._queue: asyncio.Queue[_Command] = asyncio.Queue()
         self._arrived = asyncio.Event()
@@ -131,6 +147,7 @@ class Machine:
             mode=config.network.mode,
             version=version,
             recent_locations=recent_locations,
+            provider=config.provider,
         )
         self._emitted = self._status
 
@@ -519,6 +536,25 @@ class Machine:
             namespace=self._engine.probe_namespace,
         )
         self._health.start()
+        if self._companion_factory is not None:
+            interface = self._status.interface
+            self._companion = self._companion_factory(params, interface, self._forwarded_port)
+            if self._companion is not None:
+                self._companion.start()
+
+    def _forwarded_port(self, port: int) -> None:
+        if self._status.forwarded_port != port:
+            log.info("forwarded port: %s", port or "none")
+            self._set(forwarded_port=port)
+            self._emit()
+
+    async def refresh_policy(self) -> None:
+        """Apply the current state's policy again (the provider needs other API pinholes)."""
+        async with self._firewall_lock:
+            state, endpoint = self._policy
+            await self._engine.apply_policy(
+                state, endpoint, lockdown=self.lockdown, allow_lan=self.allow_lan
+            )
 
     async def _to_error(self, cause: ErrorCause, message: str) -> None:
         log.error("error (%s): %s", cause.value, message)
@@ -614,3 +650,6 @@ class Machine:
         health, self._health = self._health, None
         if health is not None:
             await health.stop()
+        companion, self._companion = self._companion, None
+        if companion is not None:
+            await companion.stop()

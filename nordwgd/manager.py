@@ -29,10 +29,12 @@ from pathlib import Path
 from nordwgd import __version__, diagnose
 from nordwgd.catalog import Catalog
 from nordwgd.config import Config
-from nordwgd.engine import Engine, system_engine
-from nordwgd.errors import InvalidArgument, NordwgdError, NotLoggedIn
-from nordwgd.machine import Machine, Tuning
-from nordwgd.planner import Planner, Target, check_options
+from nordwgd.engine import Engine, SystemEngine
+from nordwgd.errors import InvalidArgument, NordwgdError
+from nordwgd.machine import Companion, Machine, Tuning
+from nordwgd.model import Pinholes, TunnelParams
+from nordwgd.planner import Planner, Target
+from nordwgd.provider.base import Provider
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.runstate import write_atomic
 from nordwgd.split.excluded import ExcludedApps
@@ -44,7 +46,7 @@ from nordwgd.status import (
     location_properties,
     server_properties,
 )
-from nordwgd.token import delete_token, load_token, store_token, validate_token
+from nordwgd.token import store_token, validate_token
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +175,17 @@ class Manager:
         catalog: Catalog | None = None,
     ) -> None:
         self._config = config
-        self._engine_factory = engine_factory or system_engine
+        self._engine_factory = engine_factory
         self._tuning = tuning or Tuning()
         self._api = api or NordVpnApi(config.api, fwmark=config.network.fwmark)
         self._catalog = catalog
-        self._planner: Planner | None = None
+        self._planner: Provider | None = None
         self._machine: Machine | None = None
         self._engine: Engine | None = None
         self._subscribers: list[Callable[[Status], None]] = []
         self._triggered_check: asyncio.Task[None] | None = None
         self._triggered_checks = 0
+        self._policy_refreshes: set[asyncio.Task[None]] = set()
         settings = Settings(config.network.lockdown, config.network.allow_lan)
         self._initial = Status(
             blocking=Blocking.BLOCKED if settings.lockdown else Blocking.OPEN,
@@ -190,6 +193,7 @@ class Manager:
             allow_lan=settings.allow_lan,
             mode=config.network.mode,
             version=__version__,
+            provider=config.provider,
         )
 
     # -- life cycle ------------------------------------------------------------------------
@@ -199,10 +203,10 @@ class Manager:
         config = self._config
         if self._catalog is None:
             self._catalog = await asyncio.to_thread(Catalog.load)
-        self._planner = Planner(config, self._api, self._catalog)
+        self._planner = self._make_provider()
         settings = await asyncio.to_thread(load_settings, config)
         recent = await asyncio.to_thread(load_recent, config)
-        engine = self._engine_factory(config)
+        engine = self._make_engine()
         self._engine = engine
         try:
             await engine.recover()
@@ -222,10 +226,82 @@ class Manager:
             on_settings=self._save_settings,
             recent_locations=recent,
             on_recent=self._save_recent,
+            companion_factory=self._companion_factory(),
         )
         for callback in self._subscribers:
             self._machine.subscribe(callback)
         await self._machine.start(resume=resume)
+
+    def _make_provider(self) -> Provider:
+        config = self._config
+        if config.provider == "pia":
+            from nordwgd.provider.pia.provider import PiaPlanner
+
+            return PiaPlanner(config, allow=self._open_pinholes)
+        assert self._catalog is not None
+        return Planner(config, self._api, self._catalog)
+
+    def _make_engine(self) -> Engine:
+        if self._engine_factory is not None:
+            return self._engine_factory(self._config)
+        provider = self._planner
+        if provider is None or provider.name == "nordvpn":
+            return SystemEngine(self._config)
+        # The provider's own servers, not [api] addresses, are what connecting must reach.
+        return SystemEngine(
+            self._config,
+            pinholes=lambda: provider.pinholes,
+            forwarded_port=lambda: self.status().forwarded_port,
+        )
+
+    async def _open_pinholes(self, pinholes: Pinholes) -> None:
+        """The provider is about to reach other servers of its own: let them through."""
+        if self._machine is not None:
+            await self._machine.refresh_policy()
+
+    def _companion_factory(
+        self,
+    ) -> Callable[[TunnelParams, str, Callable[[int], None]], Companion | None] | None:
+        config = self._config
+        if config.provider != "pia" or not config.port_forward.enabled:
+            return None
+        from nordwgd.provider.pia.portforward import PortForwarder
+        from nordwgd.provider.pia.provider import PiaPlanner
+
+        pia = self._planner
+        assert isinstance(pia, PiaPlanner)
+        namespace = config.network.namespace if config.network.mode == "namespace" else None
+
+        def forwarder(
+            params: TunnelParams, interface: str, publish: Callable[[int], None]
+        ) -> Companion | None:
+            host = pia.forwarding
+            if host is None:
+                return None
+
+            def on_port(port: int) -> None:
+                publish(port)
+                if port and self._machine is not None:
+                    # Let the new port in from the tunnel (the policy reads the status).
+                    task = asyncio.get_running_loop().create_task(self._machine.refresh_policy())
+                    self._policy_refreshes.add(task)
+                    task.add_done_callback(self._policy_refreshes.discard)
+
+            return PortForwarder(
+                pia.api,
+                host.gateway,
+                host.cn,
+                pia.token,
+                config.port_forward,
+                interface=interface,
+                tunnel_address=str(params.address.ip),
+                namespace=namespace,
+                state_dir=config.paths.state_dir,
+                runtime_dir=config.paths.runtime_dir,
+                on_port=on_port,
+            )
+
+        return forwarder
 
     async def _resume_target(self) -> Target | None:
         assert self._planner is not None
@@ -251,6 +327,8 @@ class Manager:
             await self._machine.stop(keep_blocking=keep_blocking)
         if not keep_blocking:
             await asyncio.to_thread(write_target, self._config, None)
+        if self._planner is not None:
+            await self._planner.aclose()
         await self._api.aclose()
 
     async def _record_target(self, target: Target | None) -> None:
@@ -266,7 +344,7 @@ class Manager:
             # A list for menus: losing it is no reason to fail a connection.
             log.warning("cannot save the recent locations: %s", error)
 
-    def _running(self) -> tuple[Machine, Planner]:
+    def _running(self) -> tuple[Machine, Provider]:
         if self._machine is None or self._planner is None:
             raise NordwgdError("the manager is not started")
         return self._machine, self._planner
@@ -302,9 +380,8 @@ class Manager:
         """Accept a Connect request (checked now); clients follow ``State``."""
         machine, planner = self._running()
         target = planner.resolve(options)
-        await self._require_token()
-        if "server" in options:
-            await planner.check_servers(target)
+        await planner.require_login()
+        await planner.check(target)
         log.info("connect requested: %s", target.describe())
         machine.connect(target)
 
@@ -317,7 +394,7 @@ class Manager:
         machine, planner = self._running()
         target = machine.target or planner.resolve({})
         if machine.target is None:
-            await self._require_token()
+            await planner.require_login()
         machine.reconnect(target)
 
     async def renew(self) -> None:
@@ -364,12 +441,6 @@ class Manager:
         else:
             log.warning("health check after %s: unhealthy (%s)", reason, details.get("reason"))
 
-    async def _require_token(self) -> None:
-        if await asyncio.to_thread(load_token, self._config) is None:
-            raise NotLoggedIn(
-                "no NordVPN access token: log in with 'nordwgctl login' or set token_file"
-            )
-
     # -- settings and credentials ----------------------------------------------------------
 
     async def set_lockdown(self, enabled: bool, /) -> None:
@@ -384,6 +455,11 @@ class Manager:
         """Check the token's form and store it (0600); it is used from the next attempt on."""
         if not isinstance(token, str):
             raise InvalidArgument("token must be a string")
+        if self._config.provider != "nordvpn":
+            raise InvalidArgument(
+                f"provider {self._config.provider} logs in with a username and password "
+                "(nordwgctl login), not an access token"
+            )
         secret = validate_token(token)
         path = await asyncio.to_thread(store_token, self._config.paths.state_dir, secret)
         if self._config.token_file is not None:
@@ -393,12 +469,28 @@ class Manager:
         if self._planner is not None:
             await self._planner.forget_credentials()
 
-    async def logout(self) -> None:
-        """Delete the stored token; an established tunnel stays up until Disconnect."""
-        removed = await asyncio.to_thread(delete_token, self._config.paths.state_dir)
-        log.info("logout: %s", "stored token deleted" if removed else "no stored token")
+    async def set_login(self, username: str, password: str, /) -> None:
+        """Store a username and password (0600), for providers that log in with them (PIA)."""
+        if self._config.provider != "pia":
+            raise InvalidArgument(
+                f"provider {self._config.provider} logs in with an access token, not a password"
+            )
+        from nordwgd.provider.pia import login
+
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise InvalidArgument("username and password must be strings")
+        account = login.validate_login(username, password)
+        path = await asyncio.to_thread(login.store_login, self._config.paths.state_dir, account)
+        log.info("PIA login for %s stored in %s", account.username, path)
         if self._planner is not None:
             await self._planner.forget_credentials()
+
+    async def logout(self) -> None:
+        """Forget the stored login; an established tunnel stays up until Disconnect."""
+        if self._planner is not None:
+            await self._planner.logout()
+        else:
+            log.info("logout: not started")
 
     # -- catalog and API -------------------------------------------------------------------
 
@@ -408,6 +500,15 @@ class Manager:
         return self._catalog
 
     async def list_countries(self) -> list[tuple[str, str, str]]:
+        """(code, name, id) of each place to connect to: NordVPN's countries, PIA's regions."""
+        if self._config.provider == "pia":
+            from nordwgd.provider.pia.provider import PiaPlanner
+
+            _, pia = self._running()
+            assert isinstance(pia, PiaPlanner)
+            listing = await pia.region_list()
+            regions = sorted(listing.regions, key=lambda r: r.name)
+            return [(r.country, r.name, r.id) for r in regions if not r.offline]
         countries = self._catalog_loaded().countries
         return [(c.code, c.name, str(c.id)) for c in sorted(countries, key=lambda c: c.name)]
 
@@ -423,8 +524,7 @@ class Manager:
 
     async def list_servers(self, filter: Mapping[str, object], /) -> list[dict[str, object]]:
         _, planner = self._running()
-        options = check_options(filter)
-        servers = await planner.servers(options, LIST_SERVERS_DEFAULT)
+        servers = await planner.servers(dict(filter), LIST_SERVERS_DEFAULT)
         return [server_properties(server) for server in servers]
 
     async def get_statistics(self) -> dict[str, object]:
@@ -448,8 +548,14 @@ class Manager:
         if not isinstance(mode, str):
             raise InvalidArgument("mode must be a string")
         mode = diagnose.check_mode(mode)
-        report: dict[str, object] = {"mode": mode, "state": self.status().state.value}
-        if report["state"] == State.CONNECTED.value:
+        report: dict[str, object] = {
+            "mode": mode,
+            "state": self.status().state.value,
+            "provider": self._config.provider,
+        }
+        if self._config.provider != "nordvpn":
+            report["forwarded_port"] = self.status().forwarded_port
+        elif report["state"] == State.CONNECTED.value:
             # Unmarked, like the user's traffic: the address the world sees through the tunnel.
             # (The daemon's own client is marked and would report the uplink's address.)
             tunnelled = NordVpnApi(self._config.api)

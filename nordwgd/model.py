@@ -16,6 +16,9 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 IPInterface = IPv4Interface | IPv6Interface
 
+# (address, TCP port) pairs the daemon's own sockets may reach while no tunnel is up
+Pinholes = tuple[tuple[IPAddress, int], ...]
+
 WIREGUARD_PORT = 51820
 NORDLYNX_ADDRESS = IPv4Interface("10.5.0.2/32")
 NORDLYNX_DNS = (IPv4Address("103.86.96.100"), IPv4Address("103.86.99.100"))

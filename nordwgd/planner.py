@@ -19,10 +19,10 @@ from typing import TypeVar
 from nordwgd.catalog import Catalog
 from nordwgd.config import Config
 from nordwgd.errors import InvalidArgument, NordwgdError, NoServer, NotLoggedIn, UnknownLocation
-from nordwgd.model import Credentials, Secret, Server, TunnelParams
+from nordwgd.model import Credentials, IPAddress, Secret, Server, TunnelParams
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.selection import select_servers
-from nordwgd.token import load_token
+from nordwgd.token import delete_token, load_token
 from nordwgd.wgconf import tunnel_params
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,10 @@ def normalize_hostname(text: str) -> str:
 
 
 class Planner:
-    """Resolves requests, and plans attempts against the NordVPN API."""
+    """Resolves requests, and plans attempts against the NordVPN API (the NordVPN provider)."""
+
+    name = "nordvpn"
+    pinholes: tuple[tuple[IPAddress, int], ...] = ()  # [api] addresses are pinned already
 
     def __init__(
         self,
@@ -227,6 +230,22 @@ class Planner:
     async def forget_credentials(self) -> None:
         """The token changed: fetch credentials again at the next attempt."""
         self._credentials = None
+
+    async def require_login(self) -> None:
+        await self._load_token()
+
+    async def logout(self) -> None:
+        removed = await asyncio.to_thread(delete_token, self._config.paths.state_dir)
+        log.info("logout: %s", "stored token deleted" if removed else "no stored token")
+        self._credentials = None
+
+    async def check(self, target: Target) -> None:
+        """Host names are looked up now; everything else was checked by ``resolve``."""
+        if target.servers:
+            await self.check_servers(target)
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
 
     async def refresh(self) -> None:
         """Forget cached server data and failures; fetch fresh credentials when logged in."""

@@ -63,6 +63,7 @@ class Status:
     forwarded_port: int = 0  # 0 when the provider forwards no port
     # The locations of the latest connections, most recent first (kept across restarts).
     recent_locations: tuple[Location, ...] = ()
+    provider: str = "nordvpn"  # the VPN service of the config: "nordvpn" or "pia"
 
     def without_counters(self) -> Status:
         """This status with the counters zeroed: equal values mean no transition happened."""
@@ -78,6 +79,7 @@ NO_TUNNEL: dict[str, object] = {
     "latest_handshake": 0,
     "rx_bytes": 0,
     "tx_bytes": 0,
+    "forwarded_port": 0,
 }
 
 

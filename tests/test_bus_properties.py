@@ -98,6 +98,7 @@ def test_every_status_field_is_a_property_and_every_property_a_field() -> None:
         tx_bytes=4,
         forwarded_port=5,
         recent_locations=(Location("Germany", "DE", "Berlin"),),
+        provider="pia",
     )
     values = status_values(status)
     mapped: dict[str, str] = {}

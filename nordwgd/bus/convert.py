@@ -17,8 +17,8 @@ from nordwgd.status import Status, location_properties, server_properties
 MAX_STRING = 256
 """Longest string accepted from a caller (hostnames are at most 253 characters)."""
 
-CONNECT_KEYS = frozenset({"country", "city", "group", "server"})
-FILTER_KEYS = frozenset({"country", "city", "group", "server"})
+CONNECT_KEYS = frozenset({"country", "city", "group", "server", "region"})
+FILTER_KEYS = frozenset({"country", "city", "group", "server", "region"})
 DIAGNOSE_MODES = frozenset({"basic", "full"})
 
 # Every Manager property: its signature and where its value is in the core's ``Status``, in
@@ -43,6 +43,7 @@ STATUS_PROPERTIES: dict[str, tuple[str, Callable[[Status], object]]] = {
         "aa{sv}",
         lambda status: [location_properties(loc) for loc in status.recent_locations],
     ),
+    "Provider": ("s", lambda status: status.provider),
 }
 
 PROPERTY_SIGNATURES: dict[str, str] = {

@@ -69,6 +69,7 @@ class ManagerFacade(Protocol):
     async def set_lockdown(self, enabled: bool, /) -> None: ...
     async def set_allow_lan(self, enabled: bool, /) -> None: ...
     async def set_token(self, token: str, /) -> None: ...
+    async def set_login(self, username: str, password: str, /) -> None: ...
     async def logout(self) -> None: ...
     async def list_countries(self) -> list[tuple[str, str, str]]: ...
     async def list_cities(self, country: str, /) -> list[tuple[str, str]]: ...
@@ -283,6 +284,10 @@ class ManagerInterface(ServiceInterface):
         assert isinstance(value, list)
         return value
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Provider(self) -> DBusStr:
+        return self._text("Provider")
+
     # Control (polkit action org.nordwgd.nordwgd1.control) -----------------------------
 
     @dbus_method()
@@ -340,6 +345,17 @@ class ManagerInterface(ServiceInterface):
         check_string(token, "SetToken: token")
         await self._authorize(ACTION_CONFIGURE)
         await self._manager.set_token(token)
+
+    @dbus_method()
+    @_shell
+    async def SetLogin(self, username: DBusStr, password: DBusStr) -> None:
+        # Neither value is echoed back: the checks name only the arguments.
+        if not username.strip() or not password:
+            raise errors.InvalidArgument("SetLogin: the username or the password is empty")
+        check_string(username, "SetLogin: username")
+        check_string(password, "SetLogin: password")
+        await self._authorize(ACTION_CONFIGURE)
+        await self._manager.set_login(username, password)
 
     @dbus_method()
     @_shell

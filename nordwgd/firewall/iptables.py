@@ -151,6 +151,12 @@ def _input(policy: FirewallPolicy, family: Family) -> list[str]:
             f"{chain} -p ipv6-icmp -m icmp6 --icmpv6-type neighbour-advertisement "
             f"{hop_limit} -j ACCEPT"
         )
+    tunnel = policy.tunnel_interface if _tunnel_carries(policy, family) else None
+    if tunnel and policy.forwarded_port:
+        rules.extend(
+            f"{chain} -i {tunnel} -p {proto} -m {proto} --dport {policy.forwarded_port} -j ACCEPT"
+            for proto in ("tcp", "udp")
+        )
     rules.extend(f"{chain} -s {net} -j ACCEPT" for net in _lan(policy, family))
     rules.append(f'{chain} -m comment --comment "dropped_input" -j DROP')
     return rules
@@ -187,6 +193,11 @@ def _output(policy: FirewallPolicy, family: Family) -> list[str]:
     rules.extend(
         f"{chain} -d {address} -p tcp -m tcp --dport {policy.api_port} {mark} -j ACCEPT"
         for address in policy.api_addresses
+        if _version(address) == family
+    )
+    rules.extend(
+        f"{chain} -d {address} -p tcp -m tcp --dport {port} {mark} -j ACCEPT"
+        for address, port in policy.api_extra
         if _version(address) == family
     )
     tunnel = policy.tunnel_interface if _tunnel_carries(policy, family) else None

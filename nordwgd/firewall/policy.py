@@ -59,6 +59,8 @@ class FirewallPolicy:
     endpoint: Endpoint | None = None  # the WireGuard server; reachable only with ``fwmark``
     api_addresses: tuple[IPAddress, ...] = ()  # reachable on TCP ``api_port`` only with ``fwmark``
     api_port: int = 443
+    # More (address, TCP port) the daemon reaches only with ``fwmark`` (PIA's servers)
+    api_extra: tuple[tuple[IPAddress, int], ...] = field(default=(), repr=False)
     tunnel_interface: str | None = None  # everything may leave through it (IPv6 if ipv6_tunnel)
     tunnel_dns: tuple[IPAddress, ...] = ()  # the only resolvers, and only through the tunnel
     lan: tuple[IPNetwork, ...] = ()  # allowed both ways (allow_lan), except DNS
@@ -66,6 +68,10 @@ class FirewallPolicy:
     tunnel_addresses: tuple[IPAddress, ...] = ()
     ipv6_tunnel: bool = False
     forward_from: tuple[IPNetwork, ...] = ()  # gateway clients, forwarded only into the tunnel
+    # port forwarding: the port let in from the tunnel only (TCP and UDP), and in gateway mode
+    # the LAN host and port it is sent on to (DNAT)
+    forwarded_port: int = field(default=0, repr=False)
+    forward_port_to: tuple[IPAddress, int] | None = field(default=None, repr=False)
     # split tunnelling (nordwgd/split): connections with this conntrack mark (0: none) leave
     # outside the tunnel; local bridges (name patterns) are forwarded only into the tunnel
     excluded_ct_mark: int = field(default=0, repr=False)
@@ -79,13 +85,16 @@ class FirewallPolicy:
     def digest(self) -> str:
         """A short stable fingerprint, stored in the applied rules so that they can be verified."""
         # the dataclass repr lists every field in order, and ipaddress reprs are canonical;
-        # the split fields join it only when set, so that policies without them keep their digest
+        # the split and provider fields join it only when set, so that policies without them
+        # keep their digest
         split = (
             f" {self.excluded_ct_mark} {self.bridges}"
             if self.excluded_ct_mark or self.bridges
             else ""
         )
-        return hashlib.sha256((repr(self) + split).encode()).hexdigest()[:16]
+        extra = (self.api_extra, self.forwarded_port, self.forward_port_to)
+        provider = f" {extra}" if extra != ((), 0, None) else ""
+        return hashlib.sha256((repr(self) + split + provider).encode()).hexdigest()[:16]
 
 
 def policy_for_state(
@@ -102,6 +111,9 @@ def policy_for_state(
     tunnel_dns: tuple[IPAddress, ...],
     ipv6_tunnel: bool,
     forward_from: tuple[IPNetwork, ...] = (),
+    api_extra: tuple[tuple[IPAddress, int], ...] = (),
+    forwarded_port: int = 0,
+    forward_port_to: tuple[IPAddress, int] | None = None,
     excluded_ct_mark: int = 0,
     bridges: tuple[str, ...] = (),
     tunnel_addresses: tuple[IPAddress, ...] = (),
@@ -122,6 +134,13 @@ def policy_for_state(
         raise InvalidArgument(f"firewall: endpoint port {endpoint.port} is not a UDP port")
     if tunnel_interface is not None:
         _check_ifname(tunnel_interface)
+    for _, port in api_extra:
+        if not 0 < port < 65536:
+            raise InvalidArgument(f"firewall: api pinhole port {port} is not a TCP port")
+    if not 0 <= forwarded_port < 65536:
+        raise InvalidArgument(f"firewall: forwarded port {forwarded_port} is not a port")
+    if forward_port_to is not None:
+        _local_networks((ip_network(forward_port_to[0]),), LAN_NETWORKS, "port_forward.forward_to")
     lan_networks = _local_networks(lan or LAN_RANGES, LAN_RANGES, "lan") if allow_lan else ()
     forward_networks = _local_networks(forward_from, LAN_NETWORKS, "forward_from")
 
@@ -134,6 +153,7 @@ def policy_for_state(
         fwmark=fwmark,
         api_addresses=_sorted_addresses(api_addresses),
         api_port=api_port,
+        api_extra=tuple(sorted(set(api_extra), key=lambda item: (item[0].version, item))),
         lan=lan_networks,
         forward_from=forward_networks,
         excluded_ct_mark=excluded_ct_mark,
@@ -153,10 +173,12 @@ def policy_for_state(
             tunnel_dns=_sorted_addresses(tunnel_dns),
             ipv6_tunnel=ipv6_tunnel,
             tunnel_addresses=_sorted_addresses(tunnel_addresses),
+            forwarded_port=forwarded_port,
+            forward_port_to=forward_port_to if forwarded_port else None,
         )
     if state in ("error", "disconnected"):  # disconnected here means lockdown: as error
         return base
-    return replace(base, api_addresses=())  # disconnecting: nothing but the basics
+    return replace(base, api_addresses=(), api_extra=())  # disconnecting: only the basics
 
 
 def _check_ifname(name: str) -> None:

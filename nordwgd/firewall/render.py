@@ -79,6 +79,19 @@ def render(policy: FirewallPolicy) -> str:
     endpoint_family = ""
     if policy.endpoint is not None:
         endpoint_family = "ip6" if isinstance(policy.endpoint.address, IPv6Address) else "ip"
+    api_extra = [
+        ("ip6" if address.version == 6 else "ip", str(address), port)
+        for address, port in policy.api_extra
+    ]
+    port_to: dict[str, object] | None = None
+    if policy.forward_port_to is not None:
+        address, port = policy.forward_port_to
+        port_to = {
+            "family": "ip6" if address.version == 6 else "ip",
+            "address": str(address),
+            "port": port,
+            "target": f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}",
+        }
     template = _environment().get_template("nordwgd.nft.j2")
     return template.render(
         policy=policy,
@@ -92,6 +105,8 @@ def render(policy: FirewallPolicy) -> str:
         tunnel=_quote(policy.tunnel_interface) if policy.tunnel_interface else "",
         dns_ports=", ".join(str(port) for port in DNS_PORTS),
         split=_split_values(policy),
+        api_extra=api_extra,
+        port_to=port_to,
     )
 
 

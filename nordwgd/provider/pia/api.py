@@ -28,7 +28,7 @@ from ipaddress import IPv4Address, IPv4Interface, ip_address
 from typing import Any, TypeVar
 
 from nordwgd.config import MetaServer, PiaConfig
-from nordwgd.errors import ApiUnavailable, AuthFailed, NordwgdError, TunnelFailed
+from nordwgd.errors import ApiUnavailable, AuthFailed, TunnelFailed
 from nordwgd.model import IPAddress, Secret
 from nordwgd.netns_thread import run_in_namespace
 from nordwgd.provider.pia import https
@@ -179,12 +179,16 @@ def _rfc3339(text: str) -> datetime:
     return moment
 
 
+class PortRefused(ApiUnavailable):
+    """PIA answered bindPort, but not with OK (busy, expired, bad signature)."""
+
+
 def check_bind(body: bytes, server: str) -> None:
-    """Nothing when bindPort succeeded; ApiUnavailable with PIA's message otherwise."""
+    """Nothing when bindPort succeeded; PortRefused with PIA's message otherwise."""
     what = f"bindPort at {server}"
     refusal = _status_error(_json_object(body, what))
     if refusal is not None:
-        raise ApiUnavailable(f"{what} failed: {refusal!r}")
+        raise PortRefused(f"{what} failed: {refusal!r}")
 
 
 class PiaApi:
@@ -419,8 +423,3 @@ def _retry_after(value: str | None) -> float:
         return min(MAX_RETRY_AFTER, max(0.0, float(value))) if value else DEFAULT_RETRY_AFTER
     except ValueError:
         return DEFAULT_RETRY_AFTER
-
-
-def is_refusal(error: NordwgdError) -> bool:
-    """Whether ``error`` is PIA saying no (as opposed to PIA not answering)."""
-    return isinstance(error, AuthFailed)

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from nordwgd.config import Config, MetaServer
 from nordwgd.errors import ApiUnavailable, AuthFailed, ConfigError, InvalidArgument, NoServer
-from nordwgd.model import Endpoint, IPAddress, Secret, Server, TunnelParams
+from nordwgd.model import Endpoint, Pinholes, Secret, Server, TunnelParams
 from nordwgd.planner import Target, check_options
 from nordwgd.provider.pia import login, regions
 from nordwgd.provider.pia.api import AddKeyAnswer, PiaApi, shipped
@@ -48,9 +48,6 @@ FAILURE_MEMORY_SECONDS = 600.0
 SERVERS_PER_PLAN = 3  # addKey is tried on this many servers before the attempt fails
 PIA_KEEPALIVE = 25
 ALL_IPV4 = IPv4Network("0.0.0.0/0")
-
-# (address, TCP port) the daemon must reach before the tunnel is up
-Pinholes = tuple[tuple[IPAddress, int], ...]
 
 
 @dataclass(frozen=True)
@@ -100,6 +97,10 @@ class PiaPlanner:
         self._failures: dict[str, float] = {}
         self.pinholes: Pinholes = tuple((m.address, 443) for m in config.pia.meta)
         self.forwarding: ForwardingHost | None = None
+
+    @property
+    def api(self) -> PiaApi:
+        return self._api
 
     def set_allow(self, allow: Callable[[Pinholes], Awaitable[None]]) -> None:
         self._allow = allow
@@ -228,6 +229,18 @@ class PiaPlanner:
         for name in target.servers:
             if not any(s.cn.casefold() == name for r in candidates for s in r.wireguard):
                 raise InvalidArgument(f"no WireGuard server {name!r} in {target.describe()}")
+
+    async def check(self, target: Target) -> None:
+        await self.check_servers(target)
+
+    async def require_login(self) -> None:
+        if self._token is None or not self._token.fresh(
+            self._config.pia.token_lifetime, self._clock()
+        ):
+            found = await asyncio.to_thread(
+                login.load_login, self._state_dir, self._credentials_dir
+            )
+            login.require_login(found)
 
     def mark_failed(self, hostname: str) -> None:
         self._failures[hostname.casefold()] = self._clock()

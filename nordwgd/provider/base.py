@@ -1,0 +1,51 @@
+"""The provider interface: what the state machine, the manager and the engine need from a
+VPN service. NordVPN (``nordwgd.planner.Planner`` over ``provider/nordvpn``) and PIA
+(``provider/pia``) are behind it; nothing else knows which one is in use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from nordwgd.model import Pinholes, Server, TunnelParams
+from nordwgd.planner import Target
+
+
+class Provider(Protocol):
+    """One VPN service: resolves requests, plans attempts, knows its login."""
+
+    @property
+    def name(self) -> str:
+        """ "nordvpn" or "pia" (the ``Provider`` property)."""
+
+    @property
+    def pinholes(self) -> Pinholes:
+        """Where the provider's API is, beyond ``[api] addresses`` (PIA's servers)."""
+
+    def resolve(self, options: Mapping[str, object]) -> Target:
+        """A target for Connect options; InvalidArgument or UnknownLocation at once."""
+
+    async def check(self, target: Target) -> None:
+        """Checks that need the provider's data (regions, server names), before connecting."""
+
+    async def require_login(self) -> None:
+        """NotLoggedIn when there is no token or login to connect with."""
+
+    async def plan(self, target: Target, attempt: int, exclude: frozenset[str]) -> TunnelParams:
+        """The parameters of the next server to try."""
+
+    def mark_failed(self, hostname: str) -> None: ...
+
+    async def refresh(self) -> None:
+        """Renew: fresh credentials and server data (the monthly timer)."""
+
+    async def forget_credentials(self) -> None:
+        """The login changed: fetch credentials again at the next attempt."""
+
+    async def logout(self) -> None:
+        """Forget the stored login (and expire it at the provider where it can be)."""
+
+    async def servers(self, options: Mapping[str, object], limit: int) -> list[Server]: ...
+
+    async def aclose(self) -> None: ...
