@@ -205,11 +205,11 @@ class PortForwarder:
         if port == self.port:
             return
         self.port = port
-        self._on_port(port)
         try:
             await asyncio.to_thread(write_port_file, self._runtime_dir, port)
         except OSError as error:
             log.error("cannot write %s: %s", self._runtime_dir / PORT_FILE, error)
+        self._on_port(port)
         if port and self._config.hook:
             await run_hook(
                 self._config.hook,

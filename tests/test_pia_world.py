@@ -1,0 +1,381 @@
+"""PIA for real in the test world: connect, the forwarded port, the hook, nothing leaking.
+
+A driver runs the Manager (real engine: nftables, wireguard-go, routes) in the host namespace
+with ``provider = "pia"`` against the fake PIA, and speaks JSON lines on stdin and stdout; the
+login travels on stdin. A listener in the host (or in the daemon's namespace) is reached from
+the "Internet" side through the port the fake VPN server forwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nordwgd.testing import netns as ns
+from nordwgd.testing.piaworld import ROUTER_WAN, PiaWorld
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+
+DRIVER = r"""
+import asyncio, json, logging, sys
+from pathlib import Path
+
+from nordwgd.bus.convert import plain, status_values
+from nordwgd.config import load_config
+from nordwgd.errors import NordwgdError
+from nordwgd.machine import Tuning
+from nordwgd.manager import Manager
+
+def props(status):
+    return plain(status_values(status))
+
+def emit(message):
+    sys.stdout.write(json.dumps(message, default=str) + "\n")
+    sys.stdout.flush()
+
+def matches(status, want):
+    if "State" in want and status.state != want["State"]:
+        return False
+    if "port_not" in want and status.forwarded_port in (0, want["port_not"]):
+        return False
+    if "port" in want and status.forwarded_port != want["port"]:
+        return False
+    return True
+
+async def main():
+    logging.basicConfig(
+        filename=sys.argv[2], level=logging.DEBUG,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    config = load_config(Path(sys.argv[1]))
+    tuning = Tuning(health_tick=0.5, retry_base=0.5, retry_max=2.0, failover_min_interval=2.0)
+    manager = Manager(config, tuning=tuning)
+    manager.subscribe(lambda status: emit({"event": "changed", "changed": props(status)}))
+    await manager.start()
+    emit({"event": "started", "props": props(manager.status())})
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            await manager.stop(keep_blocking=False)
+            return
+        command = json.loads(line)
+        op = command["op"]
+        try:
+            if op == "login":
+                await manager.set_login(command["username"], command["password"])
+                result = None
+            elif op == "connect":
+                await manager.connect(command.get("options", {}))
+                result = None
+            elif op == "reconnect":
+                await manager.reconnect()
+                result = None
+            elif op == "disconnect":
+                await manager.disconnect()
+                result = None
+            elif op == "renew":
+                await manager.renew()
+                result = None
+            elif op == "wait":
+                want = command["want"]
+                result = props(
+                    await manager.wait_for(lambda p: matches(p, want), command["limit"])
+                )
+            elif op == "diagnose":
+                result = await manager.diagnose("basic")
+            else:
+                raise ValueError(op)
+        except NordwgdError as error:
+            emit({"reply": "error", "error": error.nick, "message": str(error)})
+        except TimeoutError:
+            emit({"reply": "timeout", "props": props(manager.status())})
+        else:
+            emit({"reply": "ok", "result": result})
+
+asyncio.run(main())
+"""
+
+HOOK = r"""#!/bin/sh
+env | sort > "$(dirname "$0")/hook-env.$NORDWGD_PORT"
+echo "hook saw port $NORDWGD_PORT"
+"""
+
+
+class Driver:
+    def __init__(self, world: PiaWorld, config: Path, log: Path) -> None:
+        self.world = world
+        self.log = log
+        self.process = world.host_popen(
+            [sys.executable, "-c", DRIVER, str(config), str(log)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=ns.python_env(),
+            cwd=str(REPO),
+        )
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.changes: list[dict[str, Any]] = []
+        self.other: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        started = self.next(60.0)
+        assert started.get("event") == "started", f"{started}\n{self.tail()}"
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.other.append(line)
+                continue
+            if message.get("event") == "changed":
+                self.changes.append(message["changed"])
+            else:
+                self.lines.put(message)
+
+    def next(self, limit: float) -> dict[str, Any]:
+        try:
+            return self.lines.get(timeout=limit)
+        except queue.Empty:
+            raise AssertionError(f"no answer from the driver; log:\n{self.tail()}") from None
+
+    def send(self, op: str, within: float = 30.0, **fields: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        return self.next(within + 10.0)
+
+    def call(self, op: str, within: float = 30.0, **fields: Any) -> Any:
+        reply = self.send(op, within, **fields)
+        assert reply.get("reply") == "ok", f"{op}: {reply}\n{self.tail()}"
+        return reply["result"]
+
+    def wait(self, limit: float = 30.0, **want: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("wait", limit, want=want, limit=limit)
+        return result
+
+    def login(self) -> None:
+        self.call("login", username=self.world.username, password=self.world.password)
+
+    def tail(self) -> str:
+        try:
+            lines = self.log.read_text().splitlines()[-40:]
+        except OSError:
+            lines = []
+        return "\n".join(lines + self.other[-20:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PiaWorld]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, nftables, wireguard-go)")
+    built = PiaWorld.build(tmp_path_factory.mktemp("piaworld"))
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
+def start(world: PiaWorld, tmp_path: Path) -> Iterator[Callable[..., Driver]]:
+    drivers: list[Driver] = []
+    world.fault(None)
+
+    def started(**overrides: Any) -> Driver:
+        hook = tmp_path / "hook"
+        hook.write_text(HOOK)
+        hook.chmod(0o755)
+        values: dict[str, Any] = {
+            "paths": {"state_dir": str(tmp_path / "state"), "runtime_dir": str(tmp_path / "run")},
+            "health": {"interval": 1.0, "timeout": 1.0, "handshake_timeout": 5.0},
+            "port_forward": {"enabled": True, "bind_interval": 1.5, "hook": [str(hook)]},
+        }
+        for key, value in overrides.items():
+            values[key] = {**values.get(key, {}), **value}
+        config = world.write_config(tmp_path / "nordwgd.toml", **values)
+        driver = Driver(world, config, tmp_path / "driver.log")
+        drivers.append(driver)
+        return driver
+
+    try:
+        yield started
+    finally:
+        for driver in drivers:
+            driver.close()
+            assert world.password not in driver.log.read_text(errors="replace")
+        world.fault(None)
+
+
+def serve_in(world: PiaWorld, netns: str, port: int) -> subprocess.Popen[str]:
+    """The world's echo-the-caller web server on ``port`` in ``netns``."""
+    process = subprocess.Popen(
+        ns.exec_argv(
+            netns,
+            [sys.executable, "-m", "nordwgd.testing.webserver", f"--listen=0.0.0.0:{port}"],
+        ),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=ns.python_env(),
+        cwd=str(REPO),
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
+
+
+def from_internet(world: PiaWorld, station: str, port: int) -> str:
+    """GET http://STATION:PORT/ from the router (the "Internet" side); the body or ""."""
+    out = world.router_exec(
+        ["curl", "-sS", "--max-time", "5", f"http://{station}:{port}/"], check=False
+    )
+    return out.strip()
+
+
+def eventually(check: Callable[[], bool], limit: float = 10.0) -> bool:
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def bind_count(world: PiaWorld) -> int:
+    return sum(r["path"] == "/bindPort" for r in world.pia_requests())
+
+
+def test_connect_forward_a_port_to_the_host_and_run_the_hook(
+    world: PiaWorld, start: Callable[..., Driver], tmp_path: Path
+) -> None:
+    driver = start()
+    driver.login()
+    assert (tmp_path / "state" / "pia-login").stat().st_mode & 0o777 == 0o600
+    assert world.leak_monitor is not None
+    world.leak_monitor.reset()
+    driver.call("connect", options={"region": "uk"})
+    props = driver.wait(60.0, State="connected")
+    assert props["Provider"] == "pia"
+    server = world.server(props["Server"]["hostname"])
+    assert world.http_get_from_host() == server.station  # through the tunnel
+
+    props = driver.wait(30.0, State="connected", port_not=0)
+    port = props["ForwardedPort"]
+    assert (tmp_path / "run" / "forwarded-port").read_text() == f"{port}\n"
+
+    listener = serve_in(world, world.host_ns, port)
+    try:
+        # From the Internet, through the VPN server, the tunnel and the firewall to the host.
+        assert from_internet(world, server.station, port) == ROUTER_WAN
+        # Another port stays closed.
+        assert from_internet(world, server.station, port + 1 if port < 65535 else port - 1) == ""
+    finally:
+        listener.terminate()
+        listener.wait()
+
+    # bindPort again and again on the (shortened) interval.
+    before = bind_count(world)
+    time.sleep(5.0)
+    assert bind_count(world) - before >= 2
+
+    # The hook saw the port, the interface and the address, and nothing secret.
+    env_file = tmp_path / f"hook-env.{port}"
+    assert eventually(env_file.exists)
+    lines = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+    assert lines["NORDWGD_PORT"] == str(port)
+    assert lines["NORDWGD_INTERFACE"] == world.interface
+    assert lines["NORDWGD_TUNNEL_ADDRESS"] == props["TunnelAddress"].split("/")[0]
+    assert set(lines) <= {
+        "PATH",
+        "PWD",
+        "SHLVL",
+        "_",
+        "NORDWGD_PORT",
+        "NORDWGD_INTERFACE",
+        "NORDWGD_TUNNEL_ADDRESS",
+    }
+    text = env_file.read_text()
+    assert world.password not in text and "pia" not in text.lower()
+    assert "hook saw port" in (tmp_path / "driver.log").read_text()
+
+    # Nothing left the host outside the tunnel while the port was forwarded.
+    assert world.leak_monitor.count() == 0, world.leak_monitor.leaks()
+
+    driver.call("disconnect")
+    props = driver.wait(30.0, State="disconnected")
+    assert props["ForwardedPort"] == 0
+    assert not (tmp_path / "run" / "forwarded-port").exists()
+
+
+def test_a_busy_port_gets_a_new_one_and_the_hook_sees_it(
+    world: PiaWorld, start: Callable[..., Driver], tmp_path: Path
+) -> None:
+    driver = start()
+    driver.login()
+    driver.call("connect", options={"region": "uk"})
+    first = driver.wait(60.0, State="connected", port_not=0)["ForwardedPort"]
+    world.fault("port-busy", count=1)
+    second = driver.wait(30.0, State="connected", port_not=first)["ForwardedPort"]
+    assert second != first
+    assert (tmp_path / f"hook-env.{first}").exists()
+    assert eventually(lambda: (tmp_path / f"hook-env.{second}").exists())
+    assert (tmp_path / "run" / "forwarded-port").read_text() == f"{second}\n"
+
+
+def test_the_signature_is_reused_after_a_reconnect(
+    world: PiaWorld, start: Callable[..., Driver]
+) -> None:
+    driver = start()
+    driver.login()
+    driver.call("connect", options={"region": "uk"})
+    port = driver.wait(60.0, State="connected", port_not=0)["ForwardedPort"]
+    signatures = sum(r["path"] == "/getSignature" for r in world.pia_requests())
+    driver.call("reconnect")
+    props = driver.wait(60.0, State="connected", port=port)
+    assert props["ForwardedPort"] == port
+    assert sum(r["path"] == "/getSignature" for r in world.pia_requests()) == signatures
+
+
+def test_a_region_without_port_forwarding_is_refused_at_connect(
+    world: PiaWorld, start: Callable[..., Driver]
+) -> None:
+    driver = start()
+    driver.login()
+    reply = driver.send("connect", options={"region": "us_california"})
+    assert reply["reply"] == "error" and reply["error"] == "NoServer"
+    assert "regions with port forwarding: uk" in reply["message"]
+
+
+def test_add_key_refused_gives_auth_failed(world: PiaWorld, start: Callable[..., Driver]) -> None:
+    driver = start(port_forward={"enabled": False})
+    driver.login()
+    world.fault("login-failed")
+    driver.call("connect", options={"region": "uk"})
+    props = driver.wait(60.0, State="error")
+    assert props["ErrorCause"] == "auth-failed"
+    assert props["Provider"] == "pia"
