@@ -15,6 +15,7 @@ from ipaddress import (
     IPv6Address,
     IPv6Network,
     collapse_addresses,
+    ip_network,
 )
 from typing import Literal
 
