@@ -118,8 +118,11 @@ class Driver:
     def __init__(self, world: PiaWorld, config: Path, log: Path) -> None:
         self.world = world
         self.log = log
-        self.process = world.host_popen(
-            [sys.executable, "-c", DRIVER, str(config), str(log)],
+        # nsenter keeps the system's mount namespace (as systemd would): a namespace the
+        # daemon makes under /run/netns is then usable by everyone.
+        self.process = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{world.host_ns}", sys.executable, "-c", DRIVER]
+            + [str(config), str(log)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -239,13 +242,15 @@ def serve_in(world: PiaWorld, netns: str, port: int) -> subprocess.Popen[str]:
         ),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
         env=ns.python_env(),
         cwd=str(REPO),
     )
-    assert process.stdout is not None
-    assert process.stdout.readline().strip() == "ready"
+    assert process.stdout is not None and process.stderr is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise AssertionError(f"no listener in {netns}: {process.stderr.read()[-2000:]}")
     return process
 
 
@@ -379,3 +384,81 @@ def test_add_key_refused_gives_auth_failed(world: PiaWorld, start: Callable[...,
     props = driver.wait(60.0, State="error")
     assert props["ErrorCause"] == "auth-failed"
     assert props["Provider"] == "pia"
+
+
+def test_the_port_reaches_a_service_in_the_namespace(
+    world: PiaWorld, start: Callable[..., Driver]
+) -> None:
+    namespace = f"{ns.NETNS_PREFIX}-{ns.RUN_ID}-pf{os.urandom(2).hex()}"
+    try:
+        driver = start(network={"mode": "namespace", "namespace": namespace})
+        driver.login()
+        driver.call("connect", options={"region": "uk"})
+        props = driver.wait(60.0, State="connected", port_not=0)
+        port = props["ForwardedPort"]
+        station = world.server(props["Server"]["hostname"]).station
+        listener = serve_in(world, namespace, port)
+        try:
+            assert from_internet(world, station, port) == ROUTER_WAN
+        finally:
+            listener.terminate()
+            listener.wait()
+        driver.call("disconnect")
+        driver.wait(30.0, State="disconnected")
+    finally:
+        ns.kill_processes_in(namespace)
+        ns.delete_netns(namespace)
+
+
+def test_gateway_mode_sends_the_port_on_to_one_lan_host(
+    world: PiaWorld, start: Callable[..., Driver]
+) -> None:
+    from tests.test_gateway_mode import LanClient
+
+    client = LanClient(world)
+    try:
+        client.build()
+        driver = start(
+            network={"mode": "gateway", "forward_from": [str(client.network)]},
+            port_forward={"forward_to": f"{client.address}:8080"},
+        )
+        driver.login()
+        driver.call("connect", options={"region": "uk"})
+        props = driver.wait(60.0, State="connected", port_not=0)
+        port = props["ForwardedPort"]
+        station = world.server(props["Server"]["hostname"]).station
+        listener = serve_in(world, client.netns, 8080)
+        try:
+            assert from_internet(world, station, port) == ROUTER_WAN
+        finally:
+            listener.terminate()
+            listener.wait()
+        # The host itself does not get the port: it went on to the LAN host.
+        on_host = serve_in(world, world.host_ns, port)
+        try:
+            assert from_internet(world, station, port) == ""
+        finally:
+            on_host.terminate()
+            on_host.wait()
+    finally:
+        client.close()
+
+
+def test_renew_fetches_a_new_token_and_region_list(
+    world: PiaWorld, start: Callable[..., Driver]
+) -> None:
+    driver = start(port_forward={"enabled": False})
+    driver.login()
+    driver.call("connect", options={"region": "uk"})
+    driver.wait(60.0, State="connected")
+
+    def asked(path: str) -> int:
+        return sum(r["path"] == path for r in world.pia_requests())
+
+    tokens, lists = asked("/authv3/generateToken"), asked("/vpninfo/servers/v6")
+    driver.call("renew")
+    driver.wait(60.0, State="connected")
+    assert asked("/authv3/generateToken") == tokens + 1
+    assert asked("/vpninfo/servers/v6") == lists + 1
+    report = driver.call("diagnose")
+    assert report["provider"] == "pia"
