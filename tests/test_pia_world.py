@@ -121,8 +121,10 @@ class Driver:
         # nsenter keeps the system's mount namespace (as systemd would): a namespace the
         # daemon makes under /run/netns is then usable by everyone.
         self.process = subprocess.Popen(
-            ["nsenter", f"--net=/run/netns/{world.host_ns}", sys.executable, "-c", DRIVER]
-            + [str(config), str(log)],
+            [
+                *("nsenter", f"--net=/run/netns/{world.host_ns}"),
+                *(sys.executable, "-c", DRIVER, str(config), str(log)),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
