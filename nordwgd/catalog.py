@@ -59,6 +59,8 @@ TECHNOLOGIES = _Source(
 SOURCES = (COUNTRIES, GROUPS, TECHNOLOGIES)
 _CITY_KEYS: Mapping[str, type | tuple[type, ...]] = {"id": int, "name": str, "dns_name": str}
 
+# The country code a NordVPN host name starts with: "de" of de1001, "ca" of ca-us2.
+_HOSTNAME_COUNTRY = re.compile(r"[a-z]{2}(?=[0-9-])")
 # Names people use that are not in the API's data.
 COUNTRY_ALIASES: Mapping[str, str] = {
     "uk": "GB",
@@ -289,6 +291,24 @@ class Catalog:
         names = {normalize(g.title): g.title for g in self.groups}
         names.update({normalize(alias): alias for alias in GROUP_ALIASES})
         raise UnknownLocation(f"unknown server group {text!r}", _suggest(key, names))
+
+    def country_of_hostname(self, hostname: str) -> Country:
+        """The country a NordVPN host name starts with ("de1001" Germany, "uk2000" the UK).
+
+        The API has no host name filter: a server is looked up in its country's list, never
+        in the whole fleet (tens of MB). A name without a known country code is unknown.
+        """
+        prefix = _HOSTNAME_COUNTRY.match(hostname.strip().lower())
+        if prefix is not None:
+            try:
+                return self.resolve_country(prefix.group())
+            except UnknownLocation:
+                pass
+        raise UnknownLocation(
+            f"unknown server {hostname!r}: NordVPN server names start with the code of their "
+            "country (de1001, us5000)",
+            [],
+        )
 
     def _country_name(self, country_id: int) -> str:
         country = self.country_by_id(country_id)

@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from nordwgd.catalog import Catalog
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, InvalidArgument, NordwgdError, NotLoggedIn
 from nordwgd.model import Secret
@@ -53,10 +54,12 @@ async def export_config(
         raise NotLoggedIn(
             "no NordVPN access token: log in with 'nordwgctl login' or set token_file"
         )
+    catalog = await asyncio.to_thread(Catalog.load)
+    country = catalog.country_of_hostname(hostname)
     api = NordVpnApi(config.api, fwmark=fwmark)
     try:
         credentials = await api.credentials(token)
-        server = await api.server_by_hostname(hostname)
+        server = await api.server_by_hostname(hostname, country.id)
     finally:
         await api.aclose()
     params = tunnel_params(

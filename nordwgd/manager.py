@@ -38,6 +38,7 @@ from nordwgd.provider.base import Provider
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.runstate import write_atomic
 from nordwgd.split.excluded import ExcludedApps
+from nordwgd.sharedcall import SharedResults
 from nordwgd.states import Blocking, State
 from nordwgd.status import (
     RECENT_LIMIT,
@@ -54,6 +55,10 @@ SETTINGS_FILE = "settings.json"
 RECENT_FILE = "recent.json"
 TARGET_FILE = "target.json"
 LIST_SERVERS_DEFAULT = 20
+# ListServers and Diagnose are open to every local user: answers are shared and kept briefly
+# (see sharedcall.py), so asking in a loop costs the daemon and the API next to nothing.
+LIST_SERVERS_TTL = 30.0
+PUBLIC_ADDRESS_TTL = 10.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,12 @@ class Manager:
         self._triggered_check: asyncio.Task[None] | None = None
         self._triggered_checks = 0
         self._policy_refreshes: set[asyncio.Task[None]] = set()
+        self._server_listings: SharedResults[str, list[dict[str, object]]] = SharedResults(
+            ttl=LIST_SERVERS_TTL, limit=2, max_entries=16
+        )
+        self._public_addresses: SharedResults[tuple[str, str, int], dict[str, object]] = (
+            SharedResults(ttl=PUBLIC_ADDRESS_TTL, limit=1, max_entries=4)
+        )
         settings = Settings(config.network.lockdown, config.network.allow_lan)
         self._initial = Status(
             blocking=Blocking.BLOCKED if settings.lockdown else Blocking.OPEN,
@@ -524,8 +535,13 @@ class Manager:
 
     async def list_servers(self, filter: Mapping[str, object], /) -> list[dict[str, object]]:
         _, planner = self._running()
-        servers = await planner.servers(dict(filter), LIST_SERVERS_DEFAULT)
-        return [server_properties(server) for server in servers]
+        options = dict(filter)
+
+        async def listing() -> list[dict[str, object]]:
+            servers = await planner.servers(options, LIST_SERVERS_DEFAULT)
+            return [server_properties(server) for server in servers]
+
+        return await self._server_listings.get(repr(sorted(options.items())), listing)
 
     async def get_statistics(self) -> dict[str, object]:
         machine, _ = self._running()
@@ -544,27 +560,38 @@ class Manager:
             "triggered_checks": self._triggered_checks,
         }
 
+    async def _public_address(self, *, through_tunnel: bool) -> dict[str, object]:
+        if not through_tunnel:
+            return await diagnose.public_address(self._api.insights)
+        # Unmarked, like the user's traffic: the address the world sees through the tunnel.
+        # (The daemon's own client is marked and would report the uplink's address.)
+        tunnelled = NordVpnApi(self._config.api)
+        try:
+            return await diagnose.public_address(tunnelled.insights)
+        finally:
+            await tunnelled.aclose()
+
     async def diagnose(self, mode: str, /) -> dict[str, object]:
         if not isinstance(mode, str):
             raise InvalidArgument("mode must be a string")
         mode = diagnose.check_mode(mode)
+        status = self.status()
         report: dict[str, object] = {
             "mode": mode,
-            "state": self.status().state.value,
+            "state": status.state.value,
             "provider": self._config.provider,
         }
         if self._config.provider != "nordvpn":
-            report["forwarded_port"] = self.status().forwarded_port
-        elif report["state"] == State.CONNECTED.value:
-            # Unmarked, like the user's traffic: the address the world sees through the tunnel.
-            # (The daemon's own client is marked and would report the uplink's address.)
-            tunnelled = NordVpnApi(self._config.api)
-            try:
-                report.update(await diagnose.public_address(tunnelled.insights))
-            finally:
-                await tunnelled.aclose()
+            report["forwarded_port"] = status.forwarded_port
         else:
-            report.update(await diagnose.public_address(self._api.insights))
+            connected = status.state == State.CONNECTED
+            hostname = status.server.hostname if status.server is not None else ""
+            report.update(
+                await self._public_addresses.get(
+                    (status.state.value, hostname, status.connected_since),
+                    lambda: self._public_address(through_tunnel=connected),
+                )
+            )
         if mode == "full":
             statistics = await self.get_statistics() if self._machine is not None else {}
             status = self.status()

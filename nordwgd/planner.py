@@ -252,6 +252,7 @@ class Planner:
         self._candidates = None
         self._failures.clear()
         self._credentials = None
+        self._api.forget_server_lists()
         if await asyncio.to_thread(self._token) is not None:
             self._credentials = await self._fetch_credentials()
 
@@ -266,19 +267,11 @@ class Planner:
             )
         return token
 
-    def _country_of_hostname(self, hostname: str) -> int | None:
-        """The country a NordVPN host name starts with ("de1001..." -> Germany), if any.
-
-        The API has no host name filter: without a country, finding one host means fetching
-        the whole fleet (tens of MB).
-        """
-        prefix = re.match(r"[a-z]{2}(?=[0-9-])", hostname.lower())
-        if prefix is None:
-            return None
-        try:
-            return self._catalog.resolve_country(prefix.group()).id
-        except NordwgdError:
-            return None
+    def _country_scope(self, hostname: str, target: Target) -> int:
+        """The country whose server list ``hostname`` is looked up in (UnknownLocation if none)."""
+        if len(target.places) == 1:
+            return target.places[0].country_id
+        return self._catalog.country_of_hostname(hostname).id
 
     async def check_servers(self, target: Target) -> None:
         """Refuse host names the API does not know, with suggestions, while Connect is called.
@@ -286,12 +279,9 @@ class Planner:
         Only a definite answer refuses: when the API cannot be asked now, the connection
         attempt itself will report what is wrong.
         """
-        scope = target.places[0].country_id if len(target.places) == 1 else None
         for hostname in target.servers:
             try:
-                await self._api.server_by_hostname(
-                    hostname, scope or self._country_of_hostname(hostname)
-                )
+                await self._api.server_by_hostname(hostname, self._country_scope(hostname, target))
             except UnknownLocation:
                 raise
             except NordwgdError as error:
@@ -299,11 +289,10 @@ class Planner:
 
     async def _fetch_candidates(self, target: Target) -> list[list[Server]]:
         lists: list[list[Server]] = []
-        country_scope = target.places[0].country_id if len(target.places) == 1 else None
         pin_error: NordwgdError | None = None
         for hostname in target.servers:
             try:
-                scope = country_scope or self._country_of_hostname(hostname)
+                scope = self._country_scope(hostname, target)
                 lists.append([await self._api.server_by_hostname(hostname, scope)])
             except (UnknownLocation, NoServer) as error:
                 # A pinned server that is gone is not fatal while other places remain.
@@ -346,7 +335,9 @@ class Planner:
         target = self.resolve(checked) if any(checked.values()) else Target()
         lists: list[list[Server]] = []
         if target.servers:
-            lists.append([await self._api.server_by_hostname(target.servers[0])])
+            hostname = target.servers[0]
+            scope = self._country_scope(hostname, target)
+            lists.append([await self._api.server_by_hostname(hostname, scope)])
         if target.places or target.group or not target.servers:
             lists.extend(await self._fetch_candidates(replace(target, servers=())))
         merged: list[Server] = []

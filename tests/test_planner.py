@@ -17,7 +17,7 @@ from nordwgd.config import ApiConfig, Config, LocationConfig
 from nordwgd.model import Secret
 from nordwgd.planner import Place, Planner, Target, normalize_hostname
 from nordwgd.provider.nordvpn import NordVpnApi
-from nordwgd.testing.fakeapi import FakeApi
+from nordwgd.testing.fakeapi import FakeApi, parse_query
 from nordwgd.testing.fleet import Fleet, default_fleet, default_token
 from nordwgd.testing.pki import Pki, make_pki
 
@@ -352,6 +352,44 @@ async def test_list_servers_are_usable_and_filtered(planner: Planner) -> None:
     assert all(s.country_code == "DE" and s.usable for s in servers)
     one = await planner.servers({"server": "uk2001"}, 20)
     assert [s.hostname for s in one] == ["uk2001.nordvpn.com"]
+
+
+def _server_list_queries(fake: FakeApi) -> list[dict[str, str]]:
+    return [
+        dict(parse_query(query)) for _, path, query, _ in fake.requests if path == "/v1/servers"
+    ]
+
+
+async def test_list_servers_by_name_downloads_only_its_country(
+    planner: Planner, fake: FakeApi
+) -> None:
+    fake.clear_requests()
+    found = await planner.servers({"server": "nl801"}, 20)
+    assert [s.hostname for s in found] == ["nl801.nordvpn.com"]
+    # The API has no host name filter; the look-up is scoped to the name's country.
+    assert _server_list_queries(fake) == [{"filters[country_id]": str(NETHERLANDS), "limit": "0"}]
+
+
+async def test_server_name_without_a_country_is_refused_without_a_download(
+    planner: Planner, fake: FakeApi
+) -> None:
+    fake.clear_requests()
+    for name in ("server1", "zz1001", "x-1"):
+        with pytest.raises(errors.UnknownLocation, match="start with the code of their country"):
+            await planner.servers({"server": name}, 20)
+        with pytest.raises(errors.UnknownLocation):
+            await planner.check_servers(planner.resolve({"server": name}))
+    assert _server_list_queries(fake) == []
+
+
+async def test_concurrent_listings_share_one_download(planner: Planner, fake: FakeApi) -> None:
+    fake.clear_requests()
+    answers = await asyncio.gather(*(planner.servers({"server": "de1001"}, 20) for _ in range(20)))
+    assert all([s.hostname for s in answer] == ["de1001.nordvpn.com"] for answer in answers)
+    assert len(_server_list_queries(fake)) == 1
+    # Asked again soon after: the list is still the same, and not downloaded again.
+    await planner.check_servers(planner.resolve({"server": "de1002"}))
+    assert len(_server_list_queries(fake)) == 1
 
 
 async def test_ipv6_tunnel_routes_both_families(

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import logging
 import os
+import threading
 import traceback
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -16,14 +17,15 @@ import pytest
 
 from nordwgd.config import ApiConfig
 from nordwgd.errors import ApiUnavailable, AuthFailed, NoServer, UnknownLocation
-from nordwgd.model import Secret
-from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.model import Secret, Server
+from nordwgd.provider import parse
+from nordwgd.provider.nordvpn import OFF_LOOP_BYTES, NordVpnApi
 from nordwgd.selection import select_servers
 from nordwgd.testing.fakeapi import FakeApi
-from nordwgd.testing.fleet import Fleet, default_fleet, default_token, fixture_bytes
+from nordwgd.testing.fleet import Fleet, default_fleet, default_token, fixture_bytes, large_fleet
 from nordwgd.testing.pki import Pki, make_pki
 
-GERMANY, NETHERLANDS = 81, 153
+GERMANY, NETHERLANDS, UNITED_STATES = 81, 153, 228
 BERLIN = 2181458
 
 
@@ -198,13 +200,37 @@ async def test_dead_first_address_falls_over_to_the_next(fake: FakeApi, pki: Pki
         await api.aclose()
 
 
+async def test_large_server_lists_are_parsed_off_the_event_loop(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop_thread = threading.get_ident()
+    parsed: list[tuple[int, int]] = []  # (thread, body size) of each server list parsed
+    real = parse.parse_servers
+
+    def spy(data: bytes, source: str = "servers") -> list[Server]:
+        parsed.append((threading.get_ident(), len(data)))
+        return real(data, source)
+
+    monkeypatch.setattr(parse, "parse_servers", spy)
+    with FakeApi(large_fleet(3000), pki, listen=(("127.0.0.1", 0),)) as fake:
+        api = NordVpnApi(config_for(fake, pki))
+        try:
+            servers = await api.servers(country_id=UNITED_STATES)
+        finally:
+            await api.aclose()
+    assert len(servers) > 100
+    [(thread, size)] = parsed
+    assert size > OFF_LOOP_BYTES
+    assert thread != loop_thread  # the loop went on serving while the list was parsed
+
+
 async def test_empty_server_lists(client: NordVpnApi, fake: FakeApi) -> None:
     fake.set_fault("empty")
     assert await client.recommendations(country_id=GERMANY) == []
     with pytest.raises(NoServer):
         select_servers([await client.recommendations()], request="any server")
     with pytest.raises(NoServer, match="listed no servers"):
-        await client.server_by_hostname("de1001.nordvpn.com")
+        await client.server_by_hostname("de1001.nordvpn.com", GERMANY)
     # Not a server list: unaffected.
     assert await client.groups()
 

@@ -28,6 +28,7 @@ from nordwgd.errors import ApiUnavailable, AuthFailed, InvalidArgument, NoServer
 from nordwgd.model import Credentials, IPAddress, Secret, Server
 from nordwgd.provider import parse
 from nordwgd.provider.parse import Insights
+from nordwgd.sharedcall import SharedResults
 
 if TYPE_CHECKING:
     import httpx
@@ -38,6 +39,12 @@ SO_MARK = 36  # socket.SO_MARK is missing from some Python builds
 USER_AGENT = "nordwgd"
 MAX_BODY_BYTES = 64 * 1024 * 1024  # the whole fleet is tens of MB; more is not an answer
 WIREGUARD_TECHNOLOGY = "wireguard_udp"
+# Answers larger than this are decoded in a worker thread: the event loop keeps serving D-Bus
+# and the tunnel monitor while a country's server list (several MB) is parsed.
+OFF_LOOP_BYTES = 64 * 1024
+# A country's server list is kept this long: host name look-ups (Connect, ListServers) within
+# it share one download.
+SERVER_LIST_TTL = 60.0
 
 T = TypeVar("T")
 
@@ -110,6 +117,10 @@ class NordVpnApi:
         self._max_delay = max_delay
         self._client: httpx.AsyncClient | None = None
         self._client_lock = asyncio.Lock()
+        # One server list download at a time, each shared by everyone asking meanwhile.
+        self._server_lists: SharedResults[tuple[int, int], list[Server]] = SharedResults(
+            ttl=SERVER_LIST_TTL, limit=1, max_entries=4
+        )
 
     def __repr__(self) -> str:
         addresses = ", ".join(str(a) for a in self._api.addresses)
@@ -255,6 +266,10 @@ class NordVpnApi:
                     status, body, retry_after = await self._attempt(
                         client, address, path, params or {}, headers
                     )
+                    if status == 200 and len(body) > OFF_LOOP_BYTES:
+                        return await asyncio.to_thread(
+                            self._accept, path, status, body, retry_after, decode
+                        )
                     return self._accept(path, status, body, retry_after, decode)
                 except _Retryable as failure:
                     reason = failure.reason
@@ -334,16 +349,29 @@ class NordVpnApi:
         path = "/v1/servers/recommendations"
         return await self._call(path, lambda body: parse.parse_servers(body, path), params=params)
 
-    async def servers(self, country_id: int | None = None, limit: int = 0) -> list[Server]:
-        """Servers in the API's order; ``limit=0`` means all (large without a country)."""
-        params: dict[str, str | int] = {"limit": limit}
-        if country_id is not None:
-            params["filters[country_id]"] = country_id
-        path = "/v1/servers"
-        return await self._call(path, lambda body: parse.parse_servers(body, path), params=params)
+    async def servers(self, country_id: int, limit: int = 0) -> list[Server]:
+        """The servers of one country in the API's order (``limit=0``: all of them).
 
-    async def server_by_hostname(self, hostname: str, country_id: int | None = None) -> Server:
-        """The usable server named ``hostname`` (any case; "de1001" = de1001.nordvpn.com)."""
+        The list is shared: asked again within SERVER_LIST_TTL, or while it downloads, it is
+        not downloaded again. There is no whole-fleet variant: that is tens of MB.
+        """
+        params: dict[str, str | int] = {"filters[country_id]": country_id, "limit": limit}
+        path = "/v1/servers"
+        return await self._server_lists.get(
+            (country_id, limit),
+            lambda: self._call(path, lambda body: parse.parse_servers(body, path), params=params),
+        )
+
+    def forget_server_lists(self) -> None:
+        """The next look-up downloads the server lists again (Renew)."""
+        self._server_lists.clear()
+
+    async def server_by_hostname(self, hostname: str, country_id: int) -> Server:
+        """The usable server named ``hostname`` (any case; "de1001" = de1001.nordvpn.com).
+
+        The API has no host name filter, so the server is looked up in the list of the country
+        it belongs to (see ``Catalog.country_of_hostname``).
+        """
         wanted = hostname.strip().lower()
         if wanted and "." not in wanted:
             wanted = f"{wanted}.nordvpn.com"
