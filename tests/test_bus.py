@@ -52,6 +52,7 @@ class FakePolkit(ServiceInterface):
         self.release = asyncio.Event()
         self.release.set()
         self.asked: list[tuple[str, str, int]] = []
+        self.actions: list[str] = []
         self.asked_event = asyncio.Event()
 
     @dbus_method()
@@ -65,6 +66,7 @@ class FakePolkit(ServiceInterface):
     ) -> Annotated[list[Any], DBusSignature("(bba{ss})")]:
         kind, fields = subject
         self.asked.append((kind, fields["name"].value, flags))
+        self.actions.append(action_id)
         self.asked_event.set()
         await self.release.wait()
         return [self.answer, False, {}]
@@ -289,6 +291,24 @@ async def test_unprivileged_refused_without_polkit(
         interface="org.freedesktop.DBus.Properties",
     )
     assert set(reply["body"][0]) == set(PROPERTY_SIGNATURES)  # type: ignore[index]
+
+
+@pytest.mark.root
+async def test_diagnose_full_needs_its_polkit_action(
+    service: Service, polkit: FakePolkit, private_bus: PrivateBus
+) -> None:
+    reply = await asyncio.to_thread(_nobody_call, private_bus, "Diagnose", "s", ["basic"])
+    assert reply["body"][0]["mode"] == "basic"  # type: ignore[index]
+    assert polkit.actions == []  # the basic report is open to everyone
+    polkit.answer = False
+    reply = await asyncio.to_thread(_nobody_call, private_bus, "Diagnose", "s", ["full"])
+    assert reply.get("error") == PREFIX + "NotAuthorized", reply
+    assert polkit.actions == ["org.nordwgd.nordwgd1.diagnose"]
+    assert ("diagnose", "full") not in service.manager.calls
+    polkit.answer = True
+    reply = await asyncio.to_thread(_nobody_call, private_bus, "Diagnose", "s", ["full"])
+    assert reply["body"][0]["mode"] == "full"  # type: ignore[index]
+    assert service.manager.calls[-1] == ("diagnose", "full")
 
 
 @pytest.mark.root

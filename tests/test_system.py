@@ -121,7 +121,11 @@ def test_installed_units_verify(box: Container) -> None:
 
 
 def test_polkit_knows_the_actions(box: Container) -> None:
-    for action in ("org.nordwgd.nordwgd1.control", "org.nordwgd.nordwgd1.configure"):
+    for action in (
+        "org.nordwgd.nordwgd1.control",
+        "org.nordwgd.nordwgd1.configure",
+        "org.nordwgd.nordwgd1.diagnose",
+    ):
         out = box.run(["pkaction", "--verbose", "--action-id", action]).stdout
         assert action in out
     control = box.run(["pkaction", "--verbose", "--action-id", "org.nordwgd.nordwgd1.control"])

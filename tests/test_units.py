@@ -223,7 +223,11 @@ def test_activation_file() -> None:
 def test_polkit_actions() -> None:
     policy = ET.parse(REPO / "data/polkit/org.nordwgd.nordwgd1.policy").getroot()
     actions = {action.get("id"): action for action in policy.iter("action")}
-    assert set(actions) == {"org.nordwgd.nordwgd1.control", "org.nordwgd.nordwgd1.configure"}
+    assert set(actions) == {
+        "org.nordwgd.nordwgd1.control",
+        "org.nordwgd.nordwgd1.configure",
+        "org.nordwgd.nordwgd1.diagnose",
+    }
     for action in actions.values():
         assert (action.findtext("description") or "").strip()
         assert (action.findtext("message") or "").strip()
@@ -239,6 +243,12 @@ def test_polkit_actions() -> None:
         "allow_active": "yes",
     }
     assert set(defaults("org.nordwgd.nordwgd1.configure").values()) == {"auth_admin_keep"}
+    # Reading the system's network details: the seat's user, else an administrator.
+    assert defaults("org.nordwgd.nordwgd1.diagnose") == {
+        "allow_any": "auth_admin_keep",
+        "allow_inactive": "auth_admin_keep",
+        "allow_active": "yes",
+    }
 
 
 # --- the early-boot kill switch entry, on the paths that never touch the firewall ------------

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 ACTION_CONTROL: Final = "org.nordwgd.nordwgd1.control"
 ACTION_CONFIGURE: Final = "org.nordwgd.nordwgd1.configure"
+ACTION_DIAGNOSE: Final = "org.nordwgd.nordwgd1.diagnose"
 
 _POLKIT_NAME = "org.freedesktop.PolicyKit1"
 _POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"

@@ -1,9 +1,9 @@
 """The ``org.nordwgd.Nordwgd1.Manager`` interface: a thin shell around the Manager.
 
 Each method checks its arguments, authorizes the caller through polkit when the method
-changes something, calls the Manager, and maps a nordwgd error to its D-Bus error name. The
-reply is sent exactly once by dbus-fast when the coroutine returns or raises. Properties are
-read-only views of the core's ``Status`` (``Manager.status()``), named by
+changes something or reads details of the system, calls the Manager, and maps a nordwgd error
+to its D-Bus error name. The reply is sent exactly once by dbus-fast when the coroutine returns
+or raises. Properties are read-only views of the core's ``Status`` (``Manager.status()``), named by
 ``nordwgd.bus.convert.STATUS_PROPERTIES``; each new status the Manager publishes is forwarded as
 one ``PropertiesChanged`` of the properties that differ.
 """
@@ -43,7 +43,7 @@ from nordwgd.bus.convert import (
     to_vardict,
 )
 from nordwgd.bus.errors import error_name, internal_error, to_dbus_error
-from nordwgd.bus.polkit import ACTION_CONFIGURE, ACTION_CONTROL, CallerGone
+from nordwgd.bus.polkit import ACTION_CONFIGURE, ACTION_CONTROL, ACTION_DIAGNOSE, CallerGone
 from nordwgd.status import Status
 
 logger = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ class ManagerInterface(ServiceInterface):
         await self._authorize(ACTION_CONFIGURE)
         await self._manager.logout()
 
-    # Read-only (no authorization) -----------------------------------------------------
+    # Read-only (no authorization, but Diagnose "full": org.nordwgd.nordwgd1.diagnose) ---
 
     @dbus_method()
     @_shell
@@ -403,6 +403,10 @@ class ManagerInterface(ServiceInterface):
             raise errors.InvalidArgument(
                 f"Diagnose: mode {check_string(mode, 'mode')[:32]!r} is not one of: basic, full"
             )
+        if mode == "full":
+            # Interfaces, firewall, routes and DNS of the system: polkit action
+            # org.nordwgd.nordwgd1.diagnose. "basic" stays open to every local user.
+            await self._authorize(ACTION_DIAGNOSE)
         return to_vardict(await self._manager.diagnose(mode))
 
 

@@ -29,6 +29,7 @@ from dbus_fast.aio import MessageBus
 
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME, OBJECT_PATH
 from nordwgd.bus.convert import plain
+from nordwgd.testing.fakeapi import parse_query
 from tests.fixtures_dbus import PYTHON, REPO, DaemonProcess, _stop_process, client_argv
 from tests.security.ledger import ScenarioRecorder
 from tests.test_bus import FakePolkit
@@ -165,6 +166,7 @@ CHANGES: list[dict[str, Any]] = [
     {"call": "Reconnect"},
     {"call": "Renew"},
     {"call": "CheckHealth"},
+    {"call": "Diagnose", "signature": "s", "body": ["full"]},  # reads the system's details
 ]
 READS: list[dict[str, Any]] = [
     {"call": "GetAll", "signature": "s", "body": [INTERFACE_NAME],
@@ -206,6 +208,27 @@ async def test_unprivileged_changes_refused_reads_allowed_without_polkit(
     for name in ("State", "Lockdown", "AllowLan", "Blocking", "Server"):
         assert after[name] == before[name], (name, before[name], after[name])
     assert world_daemon.process is not None and world_daemon.process.poll() is None
+
+
+async def test_open_reads_cannot_drive_the_api(
+    world_daemon: DaemonProcess, shared_world: Any, ledger: ScenarioRecorder
+) -> None:
+    """Any local user asking in a loop costs at most one API call per answer kept."""
+    before = len(shared_world.api_requests())
+    diagnose = {"call": "Diagnose", "signature": "s", "body": ["basic"]}
+    by_name = {"call": "ListServers", "signature": "a{sv}", "body": [{"server": "de1001"}]}
+    ops = [diagnose, by_name] * 10
+    results = await asyncio.to_thread(run_client, world_daemon.bus.address, ops, "nobody")
+    ledger.bad_inputs(len(ops))
+    assert all("body" in result for result in results), results
+    assert results[1]["body"][0][0]["hostname"] == "de1001.nordvpn.com"
+    asked = shared_world.api_requests()[before:]
+    insights = [r for r in asked if r["path"] == "/v1/helpers/ips/insights"]
+    lists = [r for r in asked if r["path"] == "/v1/servers"]
+    assert len(insights) <= 1, insights
+    # One download at most, of Germany's servers only (never the whole fleet).
+    assert len(lists) <= 1, lists
+    assert all(dict(parse_query(r["query"])).get("filters[country_id]") == "81" for r in lists)
 
 
 _FIRE_AND_LEAVE = r"""
