@@ -37,8 +37,8 @@ from nordwgd.planner import Planner, Target
 from nordwgd.provider.base import Provider
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.runstate import write_atomic
-from nordwgd.split.excluded import ExcludedApps
 from nordwgd.sharedcall import SharedResults
+from nordwgd.split.excluded import ExcludedApps
 from nordwgd.states import Blocking, State
 from nordwgd.status import (
     RECENT_LIMIT,
