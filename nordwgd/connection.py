@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -64,14 +65,17 @@ class Connection:
         self.ifindex: int | None = None
         self.is_up = False
 
-    async def recover(self) -> None:
-        """Undo what an earlier (killed) process recorded, then delete the record.
+    async def recover(self, *, keep_namespace: bool = False) -> None:
+        """Undo what an earlier (killed or stopped) process recorded, then delete the record.
 
-        With an unreadable record, clean up by the names in the config instead: the interface,
-        rules at our priorities, routes in our table, and a leftover resolv.conf backup.
+        With ``keep_namespace`` (namespace mode) the namespace it made and its resolv.conf
+        stay, still recorded, for the next tunnel: services that joined the namespace keep it
+        across a restart of the daemon. With an unreadable record, clean up by the names in
+        the config instead: the interface, rules at our priorities, routes in our table, and a
+        leftover resolv.conf backup.
         """
         async with self._lock:
-            await self._recover_locked()
+            await self._recover_locked(keep_namespace=keep_namespace)
 
     async def up(self, params: TunnelParams) -> None:
         """Bring the tunnel up; on failure undo the steps done and raise the step's error."""
@@ -162,11 +166,7 @@ class Connection:
         elif in_namespace:
             await self._step(TunnelFailed, f"cannot make the namespace {network.namespace}",
                              netns_mode.create(self._journal, network.namespace))
-        await self._record({"step": "link", "ifname": ifname, "backend": self._backend.kind})
-        log.info("[#] create WireGuard interface %s (%s)", ifname, self._backend.kind)
-        self.interface = ifname
-        self.ifindex = await self._step(TunnelFailed, f"cannot create {ifname}",
-                                        self._backend.create(ifname))
+        ifindex = await self._create_link(ifname)
         await self._configure_peer(ifname, params)
         if in_namespace:
             await self._step(TunnelFailed, f"cannot move {ifname} into {network.namespace}",
@@ -181,7 +181,7 @@ class Connection:
         log.info("[#] ip address add %s dev %s; ip link set %s mtu %d up",
                  params.address, ifname, ifname, TUNNEL_MTU)
         await self._step(TunnelFailed, f"cannot set the address of {ifname}",
-                         asyncio.to_thread(_configure_link, self.ifindex, params))
+                         asyncio.to_thread(_configure_link, ifindex, params))
         ipv6 = network.ipv6 == "tunnel" and any(n.version == 6 for n in params.allowed_ips)
         await self._step(RoutingFailed, f"cannot route through {ifname}",
                          routing.apply(self._journal, network, ifname, ipv6=ipv6))
@@ -189,6 +189,31 @@ class Connection:
         self._params = params
         self.is_up = True
         log.info("tunnel %s is up to %s", ifname, params.endpoint)
+
+    async def _create_link(self, ifname: str) -> int:
+        """Create the WireGuard link, refusing a name that is taken, and record it once made.
+
+        The record comes after the link: undoing a step that never happened would remove
+        whatever else carries the name (another wireguard-go, another program's link).
+        """
+        if await self._backend.exists(ifname):
+            raise TunnelFailed(
+                f"network.interface: an interface named {ifname} exists already and nordwgd "
+                "did not create it; nordwgd leaves it alone: choose another name in the config"
+            )
+        log.info("[#] create WireGuard interface %s (%s)", ifname, self._backend.kind)
+        ifindex = await self._step(TunnelFailed, f"cannot create {ifname}",
+                                   self._backend.create(ifname))
+        step = {"step": "link", "ifname": ifname, "backend": self._backend.kind,
+                "ifindex": ifindex}
+        try:
+            await self._record(step)
+        except BaseException:
+            await asyncio.shield(self._backend.destroy(ifname))
+            raise
+        self.interface = ifname
+        self.ifindex = ifindex
+        return ifindex
 
     async def _configure_peer(self, ifname: str, params: TunnelParams) -> None:
         log.info("[#] wg set %s private-key <redacted> fwmark %#x peer %s endpoint %s",
@@ -291,7 +316,10 @@ class Connection:
 
     async def _undo_step(self, journal: Journal, step: Step) -> None:
         kind = step["step"]
-        if kind == "link":
+        if kind == "link" and not await asyncio.to_thread(_still_ours, step):
+            log.warning("interface %s is not the one nordwgd made (its index changed): left "
+                        "alone", step["ifname"])
+        elif kind == "link":
             log.info("[#] remove interface %s", step["ifname"])
             backend = await self._backend_for(step["backend"])
             try:
@@ -328,6 +356,20 @@ class Connection:
         self.ifindex = None
         self._params = None
         self._dns_mode = None
+
+
+def _still_ours(step: Step) -> bool:
+    """Whether the recorded link may be removed: a link of that name in this namespace with
+    another index was made by someone else after ours went away (records without an index,
+    from older versions, are trusted as before)."""
+    recorded = step.get("ifindex")
+    if not isinstance(recorded, int):
+        return True
+    try:
+        current = socket.if_nametoindex(step["ifname"])
+    except OSError:
+        return True  # not here (gone, or moved into the tunnel's namespace): the backend decides
+    return current == recorded
 
 
 def _configure_link(ifindex: int, params: TunnelParams) -> None:

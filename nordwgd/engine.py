@@ -217,7 +217,10 @@ class SystemEngine:
             # Without a backend there is no link to clean up; the firewall still goes up.
             log.warning("recover: no WireGuard backend: %s", error)
             return
-        await connection.recover()
+        # In namespace mode the namespace outlives the process: services that joined it keep
+        # it, and the next tunnel moves into it (a disconnect or a stop without a tunnel
+        # wanted removes it, as it is still recorded).
+        await connection.recover(keep_namespace=self._config.network.mode == "namespace")
 
     async def is_online(self) -> bool:
         return await asyncio.to_thread(_has_route, self._config.api.addresses)

@@ -18,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Interface, ip_address, ip_network
@@ -301,6 +302,80 @@ def test_an_unreadable_record_is_cleaned_up_by_name(pair: Pair) -> None:
     assert after == before
     assert [p.name.startswith("connection.json.corrupt-") for p in pair.runtime_dir.iterdir()] \
         == [True]
+    fresh.close()
+
+
+def start_wireguard_go(netns: str, ifname: str) -> None:
+    """Another program's wireguard-go instance (it forks into the background)."""
+    subprocess.run(["ip", "netns", "exec", netns, "wireguard-go", ifname], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=30,
+                   env={**CHILD_ENV, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
+                        "LOG_LEVEL": "error"})
+
+
+def wireguard_go_alive(netns: str, ifname: str) -> bool:
+    shown = subprocess.run(["ip", "netns", "exec", netns, "wg", "show", ifname],
+                           capture_output=True, check=False, timeout=30)
+    return shown.returncode == 0 and (WG_SOCKETS / f"{ifname}.sock").exists()
+
+
+def stop_wireguard_go(netns: str, ifname: str) -> None:
+    """Delete the control socket (which stops the instance) and wait for its link to go."""
+    with contextlib.suppress(FileNotFoundError):
+        (WG_SOCKETS / f"{ifname}.sock").unlink()
+    for _ in range(100):
+        if in_ns(netns, "ip", "link", "show", ifname, check=False) == "":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{ifname} did not go away")
+
+
+@pytest.mark.root
+def test_an_interface_that_exists_already_is_refused_and_left_alone(pair: Pair) -> None:
+    ifname = pair.client_ifname
+    start_wireguard_go(pair.client, ifname)
+    assert wireguard_go_alive(pair.client, ifname)
+    before = pair.snapshot()
+    driver = Driver.for_pair(pair)
+    reply = driver.send({"op": "up", "params": pair.params()})
+    assert not reply["ok"] and reply["error"] == "TunnelFailed", reply
+    assert wireguard_go_alive(pair.client, ifname), "the other wireguard-go was stopped"
+    assert driver.send({"op": "down"})["ok"]
+    assert driver.send({"op": "recover"})["ok"]
+    assert wireguard_go_alive(pair.client, ifname), "the other wireguard-go was stopped"
+    assert f"{ifname} exists already" in reply["message"]
+    assert "did not create" in reply["message"]
+    assert pair.snapshot() == before
+    assert not (pair.runtime_dir / "connection.json").exists()
+
+    # a link of another kind with that name
+    stop_wireguard_go(pair.client, ifname)
+    run("ip", "-n", pair.client, "link", "add", ifname, "type", "veth", "peer", "name",
+        f"{ifname}p")
+    reply = driver.send({"op": "up", "params": pair.params()})
+    assert not reply["ok"] and f"{ifname} exists already" in reply["message"], reply
+    assert driver.send({"op": "down"})["ok"]
+    assert "veth" in in_ns(pair.client, "ip", "-d", "link", "show", ifname)
+    driver.close()
+
+
+@pytest.mark.root
+def test_recover_leaves_a_link_that_took_the_name_after_ours_went(pair: Pair) -> None:
+    ifname = pair.client_ifname
+    driver = Driver.for_pair(pair)
+    assert driver.send({"op": "up", "params": pair.params()})["ok"]
+    driver.kill()
+    # The killed process's wireguard-go goes too (systemd's KillMode=mixed), and another
+    # program starts its own instance under the same name before nordwgd starts again.
+    stop_wireguard_go(pair.client, ifname)
+    start_wireguard_go(pair.client, ifname)
+    assert (pair.runtime_dir / "connection.json").exists()
+
+    fresh = Driver.for_pair(pair)
+    assert fresh.send({"op": "recover"})["ok"]
+    assert wireguard_go_alive(pair.client, ifname), "recover stopped another program's instance"
+    assert not (pair.runtime_dir / "connection.json").exists()
     fresh.close()
 
 

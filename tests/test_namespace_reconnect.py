@@ -82,6 +82,14 @@ class Watcher:
                 return
         raise AssertionError(f"the web server never saw {address}; seen {seen[-20:]}")
 
+    def drain(self) -> None:
+        """Forget the answers read so far: a later ``wait_for`` needs a new one."""
+        while True:
+            try:
+                self.lines.get_nowait()
+            except queue.Empty:
+                return
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.kill()
@@ -176,3 +184,41 @@ def test_a_joined_program_survives_reconnect_and_failover(
     assert not socket_path(world.interface).exists()
     assert daemon.stop() == 0, daemon.log_text()
 
+
+
+@pytest.mark.parametrize("restart", ["sigkill", "sigterm"])
+def test_a_joined_program_keeps_the_namespace_across_a_daemon_restart(
+    reconnect_daemon: tuple[World, PrivateBus, Daemon, str], restart: str
+) -> None:
+    """SIGKILL then start (a crash), or SIGTERM then start (systemctl stop, start): the new
+    process resumes into the namespace the services joined, not into a new one."""
+    world, bus, daemon, vpn_ns = reconnect_daemon
+    assert world.leak_monitor is not None
+    daemon.start()
+    call(bus, "Connect", "a{sv}", {})
+    props = wait_state(bus, daemon, "connected")
+    inode = _inode(vpn_ns)
+    watcher = Watcher(vpn_ns, f"http://{world.web_address}/")
+    try:
+        watcher.wait_for(station_of(world, props))
+        world.leak_monitor.reset()
+        if restart == "sigkill":
+            daemon.kill()
+        else:
+            assert daemon.stop() == 0, daemon.log_text()
+        daemon.start()
+        props = wait_state(bus, daemon, "connected")
+        watcher.drain()  # answers from before the restart prove nothing
+        watcher.wait_for(station_of(world, props))
+        assert _inode(vpn_ns) == inode
+        assert links_in(vpn_ns) == {"lo", world.interface}
+        assert world.leak_monitor.count() == 0, world.leak_monitor.leaks()
+
+        call(bus, "Disconnect")
+        wait_state(bus, daemon, "disconnected")
+        assert vpn_ns not in ns.list_netns()
+        assert not (Path("/etc/netns") / vpn_ns).exists()
+    finally:
+        watcher.stop()
+    assert not socket_path(world.interface).exists()
+    assert daemon.stop() == 0, daemon.log_text()
