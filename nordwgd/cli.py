@@ -488,8 +488,34 @@ def _read_token(from_stdin: bool) -> str:
     return token
 
 
+def _read_login(from_stdin: bool) -> tuple[str, str]:
+    """A PIA username and password: two lines on stdin, or asked for (the password unseen)."""
+    if from_stdin:
+        username = sys.stdin.readline().strip()
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        if not sys.stdin.isatty():
+            raise CliError("no terminal to ask for the login; use --stdin", EXIT_USAGE)
+        username = input("PIA username: ").strip()
+        password = getpass.getpass("PIA password: ")
+    if not username or not password:
+        raise CliError("the username or the password is empty", EXIT_USAGE)
+    return username, password
+
+
+async def _provider(client: Client) -> str:
+    try:
+        return str(await client.get("Provider"))
+    except CliError:
+        return "nordvpn"  # a daemon from before the property knew only NordVPN
+
+
 async def cmd_login(client: Client, args: argparse.Namespace) -> int:
-    await client.call("SetToken", "s", [args.token_value])
+    if await _provider(client) == "pia":
+        username, password = _read_login(args.stdin)
+        await client.call("SetLogin", "ss", [username, password])
+    else:
+        await client.call("SetToken", "s", [_read_token(args.stdin)])
     _print("logged in")
     return EXIT_OK
 
@@ -632,9 +658,16 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_argument("--limit", type=_count, default=0, metavar="N", help="0: all")
     servers.add_argument("--json", action="store_true")
 
-    login = add("login", cmd_login, "store a NordVPN access token (asked for, never an argument)")
-    login.add_argument("--stdin", action="store_true", help="read the token from stdin")
-    add("logout", _simple("Logout", "logged out"), "forget the stored token")
+    login = add(
+        "login",
+        cmd_login,
+        "store a NordVPN access token, or a PIA username and password (asked for, never "
+        "arguments)",
+    )
+    login.add_argument(
+        "--stdin", action="store_true", help="read the token (PIA: username, password) from stdin"
+    )
+    add("logout", _simple("Logout", "logged out"), "forget the stored token or login")
 
     setting = add("set", cmd_set, "change a setting")
     setting.add_argument("setting", choices=("lockdown", "allow-lan"))
@@ -673,9 +706,6 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "login":
-            # Read before connecting, so a prompt never races the bus.
-            args.token_value = _read_token(args.stdin)
         return asyncio.run(_run(args))
     except CliError as error:
         print(terminal_safe(f"{PROG}: {error}"), file=sys.stderr)

@@ -118,6 +118,8 @@ def format_status(properties: Mapping[str, object], *, now: float | None = None)
     lines.append(f"Lockdown:   {on_off(properties.get('Lockdown'))}")
     lines.append(f"Allow LAN:  {on_off(properties.get('AllowLan'))}")
     lines.append(f"Mode:       {shown(properties.get('Mode', ''))}")
+    if properties.get("Provider"):
+        lines.append(f"Provider:   {shown(properties['Provider'])}")
     port = properties.get("ForwardedPort")
     if port:
         lines.append(f"Forwarded:  port {shown(port)}")

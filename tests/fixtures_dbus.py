@@ -297,6 +297,9 @@ class RecordingManager:
     async def set_token(self, token: str, /) -> None:
         self._record("set_token", len(token))
 
+    async def set_login(self, username: str, password: str, /) -> None:
+        self._record("set_login", (username, len(password)))
+
     async def logout(self) -> None:
         self._record("logout")
 

@@ -183,6 +183,21 @@ async def test_login_reads_the_token_from_stdin(service: Service, private_bus: P
     assert token not in result.out + result.err
 
 
+async def test_pia_login_reads_username_and_password(
+    service: Service, private_bus: PrivateBus
+) -> None:
+    service.manager.change(provider="pia")
+    password = "correct horse battery"
+    result = await nordwgctl(
+        "--bus", private_bus.address, "login", "--stdin", stdin=f"p1234567\n{password}\n"
+    )
+    assert result.code == 0, result.err
+    assert ("set_login", ("p1234567", len(password))) in service.manager.calls
+    assert password not in result.out + result.err
+    status = await nordwgctl("--bus", private_bus.address, "status")
+    assert "Provider:   pia" in status.out
+
+
 async def test_set_and_check(service: Service, private_bus: PrivateBus) -> None:
     result = await nordwgctl("--bus", private_bus.address, "set", "lockdown", "on")
     assert result.code == 0 and result.out.strip() == "lockdown: on"
