@@ -73,15 +73,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def keep_blocking_on_stop(status: Status) -> bool:
-    """Whether stopping the daemon must leave the kill switch in place.
-
-    Only a user who disconnected (with Lockdown off) asked for open traffic; in every other
-    state stopping (a restart, an upgrade, a crash loop) must not open a leak.
-    """
-    return status.lockdown or status.state != State.DISCONNECTED
-
-
 def status_line(status: Status) -> str:
     """One line for `systemctl status`: the state, the server, and what the firewall does."""
     state = status.state.value
@@ -105,7 +96,7 @@ def status_line(status: Status) -> str:
 class DaemonManager(ManagerFacade, Protocol):
     def excluded_apps(self) -> ExcludedApps | None: ...
     async def start(self) -> None: ...
-    async def stop(self, *, keep_blocking: bool) -> None: ...
+    async def stop(self, *, keep_blocking: bool | None = None) -> bool: ...
     def trigger_health_check(self, reason: str = ...) -> None: ...
     def alive(self) -> bool: ...
 
@@ -264,14 +255,15 @@ async def run(config: Config, config_path: Path | None = None) -> int:
             logger.error("lost the connection to the system bus; stopping")
         stop_wait.cancel()
 
-        keep_blocking = keep_blocking_on_stop(manager.status())
-        systemd.stopping("stopping; kill switch " + ("kept" if keep_blocking else "removed"))
-        logger.info("stopping (keep_blocking=%s)", keep_blocking)
+        systemd.stopping("stopping")
+        logger.info("stopping")
         await watchdog.stop()
         for stop in stop_watching:
             with contextlib.suppress(DBusError, OSError, EOFError):
                 await stop()
-        await manager.stop(keep_blocking=keep_blocking)
+        # Decided after the commands accepted before the stop: a Connect among them is kept.
+        kept = await manager.stop()
+        logger.info("stopped (keep_blocking=%s)", kept)
         if split is not None:
             split.close()
         if bus.connected:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -314,7 +315,13 @@ class Manager:
 
         return forwarder
 
-    async def _resume_target(self) -> Target | None:
+    async def _resume_target(self) -> Target | NordwgdError | None:
+        """The target a tunnel was wanted for, or the error that makes it unknown now.
+
+        A wanted tunnel whose target cannot be resolved any more (a location mistyped in the
+        config, a catalog without it) stays wanted: its record is kept and the machine starts
+        in ``error``, blocking, rather than open.
+        """
         assert self._planner is not None
         options = await asyncio.to_thread(read_target, self._config)
         if options is None:
@@ -323,24 +330,30 @@ class Manager:
             target = self._planner.resolve(options)
         except NordwgdError as error:
             log.error("cannot resume the earlier connection (%s): %s", options, error)
-            await asyncio.to_thread(write_target, self._config, None)
-            return None
+            return error
         log.info("resuming the connection of an earlier process: %s", target.describe())
         return target
 
-    async def stop(self, *, keep_blocking: bool) -> None:
-        """Stop; with ``keep_blocking`` the tunnel and table stay for the next process."""
+    async def stop(self, *, keep_blocking: bool | None = None) -> bool:
+        """Stop after the commands already accepted; True if the kill switch stays.
+
+        With ``keep_blocking`` None the state after those commands decides
+        (``nordwgd.machine.keep_blocking_on_stop``); the tunnel and table then stay for the
+        next process, or both go and the record of a wanted tunnel with them.
+        """
         if self._triggered_check is not None:
             self._triggered_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._triggered_check
+        kept = keep_blocking if keep_blocking is not None else True
         if self._machine is not None:
-            await self._machine.stop(keep_blocking=keep_blocking)
-        if not keep_blocking:
+            kept = await self._machine.stop(keep_blocking=keep_blocking)
+        if not kept:
             await asyncio.to_thread(write_target, self._config, None)
         if self._planner is not None:
             await self._planner.aclose()
         await self._api.aclose()
+        return kept
 
     async def _record_target(self, target: Target | None) -> None:
         await asyncio.to_thread(write_target, self._config, target)
@@ -392,27 +405,23 @@ class Manager:
         machine, planner = self._running()
         target = planner.resolve(options)
         await planner.require_login()
-        await planner.check(target)
         log.info("connect requested: %s", target.describe())
-        machine.connect(target)
+        # The provider's look-up (a named server) runs in the machine's queue, in order.
+        await machine.connect(target, functools.partial(planner.check, target))
 
     async def disconnect(self) -> None:
         machine, _ = self._running()
-        machine.disconnect()
+        await machine.disconnect()
 
     async def reconnect(self) -> None:
         """Another server of the current target (the configured default when there is none)."""
         machine, planner = self._running()
-        target = machine.target or planner.resolve({})
-        if machine.target is None:
-            await planner.require_login()
-        machine.reconnect(target)
+        await machine.reconnect(lambda: planner.resolve({}), planner.require_login)
 
     async def renew(self) -> None:
         """Fresh credentials and server data; a wanted tunnel moves to a fresh server."""
         machine, planner = self._running()
-        await planner.refresh()
-        machine.renew()
+        await machine.renew(planner.refresh)
 
     async def check_health(self) -> tuple[bool, dict[str, object]]:
         machine, _ = self._running()
@@ -472,13 +481,19 @@ class Manager:
                 "(nordwgctl login), not an access token"
             )
         secret = validate_token(token)
-        path = await asyncio.to_thread(store_token, self._config.paths.state_dir, secret)
-        if self._config.token_file is not None:
-            log.warning("token stored in %s, but token_file in the config takes precedence", path)
-        else:
-            log.info("token stored in %s", path)
-        if self._planner is not None:
-            await self._planner.forget_credentials()
+        machine, _ = self._running()
+
+        async def store() -> None:
+            path = await asyncio.to_thread(store_token, self._config.paths.state_dir, secret)
+            if self._config.token_file is not None:
+                log.warning(
+                    "token stored in %s, but token_file in the config takes precedence", path
+                )
+            else:
+                log.info("token stored in %s", path)
+
+        # In the machine's queue: two changes reach the disk in the order they came.
+        await machine.credentials_changed(store)
 
     async def set_login(self, username: str, password: str, /) -> None:
         """Store a username and password (0600), for providers that log in with them (PIA)."""
@@ -491,17 +506,20 @@ class Manager:
         if not isinstance(username, str) or not isinstance(password, str):
             raise InvalidArgument("username and password must be strings")
         account = login.validate_login(username, password)
-        path = await asyncio.to_thread(login.store_login, self._config.paths.state_dir, account)
-        log.info("PIA login for %s stored in %s", account.username, path)
-        if self._planner is not None:
-            await self._planner.forget_credentials()
+        machine, _ = self._running()
+
+        async def store() -> None:
+            path = await asyncio.to_thread(
+                login.store_login, self._config.paths.state_dir, account
+            )
+            log.info("PIA login for %s stored in %s", account.username, path)
+
+        await machine.credentials_changed(store)
 
     async def logout(self) -> None:
         """Forget the stored login; an established tunnel stays up until Disconnect."""
-        if self._planner is not None:
-            await self._planner.logout()
-        else:
-            log.info("logout: not started")
+        machine, planner = self._running()
+        await machine.credentials_changed(planner.logout)
 
     # -- catalog and API -------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nordwgd.daemon import keep_blocking_on_stop, status_line
+from nordwgd.daemon import status_line
+from nordwgd.machine import keep_blocking_on_stop
 from nordwgd.states import Blocking, ErrorCause, State
 from nordwgd.status import Status
 from tests.fixtures_dbus import sample_server

@@ -7,6 +7,7 @@ monitor and the timings are the real ones, shortened through ``Tuning``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable
@@ -95,6 +96,12 @@ class FakePlanner:
     def mark_failed(self, hostname: str) -> None:
         self.failed.append(hostname)
 
+    async def refresh(self) -> None:
+        self.calls.append((-1, frozenset({"refresh"})))
+
+    async def forget_credentials(self) -> None:
+        self.calls.append((-1, frozenset({"forget"})))
+
 
 class FakeEngine:
     """Records calls; handshakes succeed except for the hostnames in ``dead``."""
@@ -108,6 +115,8 @@ class FakeEngine:
         self.up: TunnelParams | None = None
         self.handshake_at = time.time()
         self.hang_handshake = False
+        self.handshake_gate: asyncio.Event | None = None  # the handshake waits for it when set
+        self.hang_policy: set[State] = set()
 
     @property
     def interface(self) -> str | None:
@@ -125,6 +134,8 @@ class FakeEngine:
         self, state: State, endpoint: Endpoint | None, *, lockdown: bool, allow_lan: bool
     ) -> str:
         self.calls.append(("policy", state, endpoint, lockdown, allow_lan))
+        if state in self.hang_policy:  # a firewall call that never returns
+            await asyncio.Event().wait()
         if state in self.fail_policy:
             raise errors.FirewallFailed(f"cannot apply {state}")
         from nordwgd.states import Blocking
@@ -154,6 +165,8 @@ class FakeEngine:
         self.calls.append(("wait_handshake", self.up.server.hostname))
         if self.hang_handshake:
             await asyncio.Event().wait()
+        if self.handshake_gate is not None:
+            await self.handshake_gate.wait()
         return self.up.server.hostname not in self.dead
 
     async def statistics(self) -> PeerStats:
@@ -212,12 +225,13 @@ def build(
     tuning: Tuning | None = None,
     prober: object = None,
     recent: tuple[Location, ...] = (),
+    health_factory: Callable[..., HealthMonitor] | None = None,
 ) -> Harness:
     config = Config()
     config = replace(config, health=health or replace(config.health, handshake_timeout=0.2))
     engine = FakeEngine()
     planner = FakePlanner([make_server(n) for n in range(1, servers + 1)])
-    factory = HealthMonitor
+    factory = health_factory or HealthMonitor
     if prober is not None:
         factory = functools.partial(HealthMonitor, prober=prober)  # type: ignore[assignment]
     harness_box: list[Harness] = []
@@ -738,3 +752,190 @@ async def test_counters_belong_to_the_tunnel(started: Harness) -> None:
     properties = await started.wait_state(State.DISCONNECTED)
     counters = [properties.latest_handshake, properties.rx_bytes, properties.tx_bytes]
     assert counters == [0, 0, 0]
+
+
+# -- one queue: every command in arrival order, each state deciding what it means ----------
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+async def test_a_stale_health_verdict_does_not_interrupt_a_reconnect() -> None:
+    """A verdict about the connection that is being replaced must not end the new one's
+    attempt (which left the machine in reconnecting with nothing under way)."""
+    verdicts: list[Callable[[str], None]] = []
+
+    def monitor(*args: object, **kwargs: object) -> HealthMonitor:
+        verdicts.append(args[2])  # type: ignore[arg-type]
+        return HealthMonitor(*args, **kwargs)  # type: ignore[arg-type]
+
+    harness = build(health_factory=monitor)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.CONNECTED)
+        stale = verdicts[-1]
+        harness.engine.handshake_gate = asyncio.Event()
+        harness.machine.reconnect(TARGET)
+        await harness.wait_state(State.RECONNECTING)
+        await eventually(lambda: harness.engine.kinds().count("wait_handshake") >= 2)
+        stale("nothing received")  # the old tunnel's monitor judged late
+        await asyncio.sleep(0.05)
+        harness.engine.handshake_gate.set()
+        status = await harness.wait_state(State.CONNECTED)
+        assert status.server is not None and status.server.hostname == "de2.nordvpn.com"
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_a_verdict_about_the_current_connection_still_fails_over() -> None:
+    verdicts: list[Callable[[str], None]] = []
+
+    def monitor(*args: object, **kwargs: object) -> HealthMonitor:
+        verdicts.append(args[2])  # type: ignore[arg-type]
+        return HealthMonitor(*args, **kwargs)  # type: ignore[arg-type]
+
+    harness = build(health_factory=monitor)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.CONNECTED)
+        verdicts[-1]("nothing received")
+        await harness.machine.wait_for(on_server("de2.nordvpn.com", "connected"), WAIT)
+        verdicts[0]("late")  # the first connection's monitor, long gone: dropped
+        await asyncio.sleep(0.1)
+        assert harness.machine.state == State.CONNECTED
+        assert harness.states()[-2:] == ["reconnecting", "connected"]
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_a_connect_accepted_before_stop_is_kept_blocking() -> None:
+    """Stop decides whether the kill switch stays after the commands before it: a Connect
+    accepted just before is a wanted tunnel, so the firewall stays and the target with it."""
+    harness = build()
+    await harness.machine.start()
+    assert harness.machine.state == State.DISCONNECTED
+    harness.machine.connect(TARGET)
+    kept = await harness.machine.stop()
+    assert kept is True
+    assert harness.targets == [TARGET]
+    assert ("remove_policy",) not in harness.engine.calls
+    assert harness.engine.policies()[-1][0] in (State.CONNECTING, State.CONNECTED)
+
+
+async def test_stop_after_disconnect_opens() -> None:
+    harness = build()
+    await harness.machine.start()
+    harness.machine.connect(TARGET)
+    await harness.wait_state(State.CONNECTED)
+    harness.machine.disconnect()
+    assert await harness.machine.stop() is False
+    assert harness.engine.calls[-1] == ("remove_policy",)
+
+
+async def test_commands_after_stop_are_refused() -> None:
+    harness = build()
+    await harness.machine.start()
+    await harness.machine.stop(keep_blocking=False)
+    with pytest.raises(errors.NordwgdError, match="stopping"):
+        await harness.machine.connect(TARGET)
+
+
+async def test_a_setting_during_a_connect_applies_without_ending_it(started: Harness) -> None:
+    started.engine.handshake_gate = asyncio.Event()
+    started.machine.connect(TARGET)
+    await eventually(lambda: "wait_handshake" in started.engine.kinds())
+    await started.machine.set_lockdown(True)
+    assert started.engine.calls[-1][0] == "policy"
+    assert started.engine.calls[-1][1] == State.CONNECTING
+    started.engine.handshake_gate.set()
+    status = await started.wait_state(State.CONNECTED)
+    assert status.lockdown is True
+    assert started.engine.kinds().count("up") == 1  # the same attempt went on
+
+
+async def test_settings_are_saved_in_the_order_they_came(started: Harness) -> None:
+    answers = [started.machine.set_lockdown(value) for value in (True, False, True, False)]
+    await asyncio.gather(*answers)
+    assert started.settings == [(True, False), (False, False), (True, False), (False, False)]
+
+
+async def test_a_connect_whose_look_up_fails_changes_nothing(started: Harness) -> None:
+    async def unknown() -> None:
+        raise errors.UnknownLocation("unknown server 'xx1'")
+
+    with pytest.raises(errors.UnknownLocation):
+        await started.machine.connect(TARGET, unknown)
+    assert started.machine.state == State.DISCONNECTED
+    assert started.targets == []
+
+
+async def test_disconnect_during_the_look_up_of_a_connect_wins(started: Harness) -> None:
+    release = asyncio.Event()
+
+    async def slow_look_up() -> None:
+        await release.wait()
+
+    accepted = started.machine.connect(TARGET, slow_look_up)
+    await asyncio.sleep(0.05)
+    started.machine.disconnect()
+    await accepted
+    release.set()
+    await asyncio.sleep(0.1)
+    assert started.machine.state == State.DISCONNECTED
+    assert "up" not in started.engine.kinds()
+
+
+# -- a wanted tunnel that cannot be resumed -------------------------------------------------
+
+
+async def test_an_unresumable_target_starts_in_error_blocking() -> None:
+    harness = build()
+    await harness.machine.start(resume=errors.UnknownLocation("unknown country 'Germny'"))
+    try:
+        status = harness.machine.status
+        assert status.state == State.ERROR
+        assert status.error_cause == "unknown-location"
+        assert status.blocking == "blocked"
+        assert harness.engine.policies() == [(State.ERROR, None)]
+        harness.machine.disconnect()  # the way out the user has
+        status = await harness.wait_state(State.DISCONNECTED)
+        assert harness.targets == [None]
+    finally:
+        assert await harness.machine.stop() is False
+
+
+# -- liveness: progress, not only a running task ---------------------------------------------
+
+
+async def test_a_stuck_firewall_step_stops_the_watchdog() -> None:
+    from nordwgd.systemd import Watchdog
+
+    harness = build(tuning=Tuning(retry_base=0.05, health_tick=0.05, step_deadline=0.3))
+    await harness.machine.start()
+    pings: list[float] = []
+    watchdog = Watchdog(harness.machine.alive, interval=0.1, send=lambda: pings.append(1) or True)
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.15)
+        assert pings, "the watchdog pings while the machine makes progress"
+        harness.engine.hang_policy = {State.CONNECTING}
+        harness.machine.connect(TARGET)
+        await asyncio.sleep(0.5)  # past the step's deadline
+        assert not harness.machine.alive()
+        before = len(pings)
+        await asyncio.sleep(0.3)
+        assert len(pings) == before, "no pings while a transition is stuck"
+    finally:
+        await watchdog.stop()
+        task = harness.machine._task  # stuck for good: what systemd's restart ends
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

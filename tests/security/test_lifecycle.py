@@ -179,7 +179,7 @@ def test_stop_while_connected_keeps_the_kill_switch(
     box.run(["systemctl", "stop", DAEMON])
     assert box.unit_property(DAEMON, "ActiveState") == "inactive"
     assert box.unit_property(DAEMON, "Result") == "success"
-    assert "stopping (keep_blocking=True)" in box.journal(DAEMON, lines=100)
+    assert "stopped (keep_blocking=True)" in box.journal(DAEMON, lines=100)
     # The user did not disconnect: the table stays, and so does the wish to be connected.
     table = world.table()
     assert table is not None and "policy drop" in table

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.security.harness import (
+    FAST_HEALTH,
     BusError,
     Stack,
     TableSampler,
@@ -136,14 +137,55 @@ def test_restart_while_connected_keeps_the_kill_switch(
     assert _record_leaks(stack, ledger) == 0, stack.leaks()
 
 
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_wanted_tunnel_that_cannot_be_resumed_blocks_in_error(
+    fresh_daemon: Stack, ledger: ScenarioRecorder, stop: str
+) -> None:
+    """Connected to the default location, then the location becomes unknown (a typo in the
+    config; a catalog change does the same) and the daemon restarts: the tunnel is still
+    wanted, so it must block in error with a cause a client can show, never come up open."""
+    stack = fresh_daemon
+    stack.reset()
+    world = stack.world
+    stack.connect_and_wait()
+    typo = world.write_config(
+        stack.directory / f"typo-{stop}.toml",
+        health={"urls": [f"http://{world.web_address}/health"], **FAST_HEALTH},
+        location={"country": ["Germny"]},
+    )
+    if stop == "SIGTERM":
+        assert stack.daemon.terminate() == 0
+    else:
+        stack.daemon.kill()
+    ledger.fault(f"{stop}, a typo in [location] country, start")
+    stack.reset_leaks()
+    stack.daemon.config = typo
+    stack.daemon.start()
+    time.sleep(2.0)  # a late opening would show by now
+    props = stack.props()
+    results = stack.probes.standard()
+    table = nordwgd_table(world)
+    leaked = _record_leaks(stack, ledger)
+
+    assert (props["State"], props["ErrorCause"], props["Blocking"]) == (
+        "error",
+        "unknown-location",
+        "blocked",
+    ), stack.daemon.tail()
+    assert table_drops_by_default(table), table
+    assert answered(results) == [], results
+    assert leaked == 0, stack.leaks()
+    # The way out: Disconnect forgets the wanted tunnel and opens as asked.
+    stack.client.call("Disconnect")
+    stack.wait_for_state("disconnected", timeout=30, Blocking="open")
+
+
 def _garble(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x00{garbage\xff\n" * 3)
 
 
-def test_corrupt_files_at_start_fail_closed(
-    fresh_daemon: Stack, ledger: ScenarioRecorder
-) -> None:
+def test_corrupt_files_at_start_fail_closed(fresh_daemon: Stack, ledger: ScenarioRecorder) -> None:
     stack = fresh_daemon
     stack.reset()
     world = stack.world
@@ -176,9 +218,7 @@ def test_corrupt_files_at_start_fail_closed(
     assert _record_leaks(stack, ledger) == 0, stack.leaks()
 
 
-def test_missing_files_at_start_fail_closed(
-    fresh_daemon: Stack, ledger: ScenarioRecorder
-) -> None:
+def test_missing_files_at_start_fail_closed(fresh_daemon: Stack, ledger: ScenarioRecorder) -> None:
     stack = fresh_daemon
     stack.reset()
     world = stack.world
