@@ -509,9 +509,7 @@ class Manager:
         machine, _ = self._running()
 
         async def store() -> None:
-            path = await asyncio.to_thread(
-                login.store_login, self._config.paths.state_dir, account
-            )
+            path = await asyncio.to_thread(login.store_login, self._config.paths.state_dir, account)
             log.info("PIA login for %s stored in %s", account.username, path)
 
         await machine.credentials_changed(store)
