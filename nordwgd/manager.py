@@ -542,10 +542,14 @@ class Manager:
     async def list_cities(self, country: str, /) -> list[tuple[str, str]]:
         if not isinstance(country, str):
             raise InvalidArgument("country must be a string")
+        if self._config.provider != "nordvpn":
+            return []  # PIA's places are its regions (ListCountries)
         found = self._catalog_loaded().resolve_country(country)
         return [(city.name, str(city.id)) for city in sorted(found.cities, key=lambda c: c.name)]
 
     async def list_groups(self) -> list[tuple[str, str]]:
+        if self._config.provider != "nordvpn":
+            return []  # PIA has no server groups
         groups = self._catalog_loaded().groups
         return [(g.identifier, g.title) for g in sorted(groups, key=lambda g: g.title)]
 

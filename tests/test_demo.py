@@ -177,6 +177,34 @@ def test_tour_connects_checks_and_cleans_up() -> None:
 
 
 @pytest.mark.root
+def test_pia_tour_forwards_a_port_from_the_internet() -> None:
+    result = subprocess.run(
+        [PYTHON, "-m", "nordwgd.testing.demo", "--provider", "pia"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=REPO,
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    run = _what_it_made(out)
+    assert "logged in" in _section(out, "Log in to PIA")
+    assert re.search(r"^connected to london41[01]$", out, re.MULTILINE), out
+    port = re.search(r"^Forwarded:  port (\d+)$", out, re.MULTILINE)
+    assert port, out
+    forwarded = _section(out, "forwarded port")
+    assert f"{port.group(1)}\n" in forwarded
+    assert "answered a caller from the Internet (203.0.113.1) through" in forwarded
+    assert "0 packets leaked" in _section(out, "Leaks are blocked")
+    assert "Provider:   pia" in _section(out, "Disconnect")
+    assert "nothing is left behind" in _section(out, "Tear down")
+    assert "Traceback" not in out + result.stderr
+    _assert_nothing_left(run)
+
+
+@pytest.mark.root
 def test_keep_leaves_it_running_for_the_printed_commands(tmp_path: Path) -> None:
     process, log = _start(tmp_path, "--keep")
     try:

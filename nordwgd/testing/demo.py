@@ -34,6 +34,7 @@ from typing import Any, NoReturn, TextIO
 from nordwgd.testing.fleet import country_record
 from nordwgd.testing.leakmonitor import TABLE as LEAK_TABLE
 from nordwgd.testing.netns import NETNS_PREFIX, cleanup_run, list_netns
+from nordwgd.testing.piaworld import ROUTER_WAN, PiaWorld
 from nordwgd.testing.privatebus import PrivateBus, start_bus
 from nordwgd.testing.world import World
 
@@ -235,8 +236,11 @@ class Shell:
 
 
 class Demo:
-    def __init__(self, out: Output, *, keep: bool, country: str | None) -> None:
+    def __init__(
+        self, out: Output, *, keep: bool, country: str | None, provider: str = "nordvpn"
+    ) -> None:
         self.out = out
+        self.provider = provider
         self.shell = Shell(out)
         self.keep = keep
         self.country = country
@@ -285,18 +289,24 @@ class Demo:
 
     def run(self) -> None:
         out = self.out
-        out.title("nordwgd demo: a NordVPN NordLynx daemon in a throw-away world")
+        pia = self.provider == "pia"
+        service = "Private Internet Access (PIA)" if pia else "NordVPN NordLynx"
+        out.title(f"nordwgd demo: a {service} daemon in a throw-away world")
         out.say(
             "Everything below runs inside network namespaces made for this run; your machine's\n"
-            "own network and /etc/resolv.conf are not touched, and no NordVPN account is used."
+            "own network and /etc/resolv.conf are not touched, and no VPN account is used."
         )
         self.build_world()
         self.show_direct_traffic()
         self.start_bus()
         self.start_daemon()
+        if pia:
+            self.login()
         self.connect()
         self.show_tunnel_traffic()
         self.show_tunnel_dns()
+        if pia:
+            self.show_forwarded_port()
         self.show_blocked_leaks()
         self.show_dbus_api()
         if self.keep:
@@ -313,7 +323,14 @@ class Demo:
             "fake VPN server, each a real WireGuard peer (wireguard-go) that NATs to the Internet."
         )
         started = time.monotonic()
-        world = World(self.directory / "world", n_servers=N_SERVERS)
+        if self.provider == "pia":
+            out.say(
+                "The router also plays PIA's meta servers (token, signed region list) and every\n"
+                "VPN server answers addKey on :1337 and port forwarding on :19999 in its tunnel."
+            )
+            world: World = PiaWorld.build(self.directory / "world")
+        else:
+            world = World(self.directory / "world", n_servers=N_SERVERS)
         self.world = world
         world.__enter__()
         self.namespaces = [world.host_ns, world.router_ns, *(s.netns for s in world.servers)]
@@ -332,7 +349,11 @@ class Demo:
             ("", "", f"tunnel DNS {world.tunnel_dns}"),
         ]
         for server in world.servers:
-            name = country_record(server.country_code)["name"]
+            name = (
+                server.city
+                if self.provider == "pia"
+                else country_record(server.country_code)["name"]
+            )
             rows.append(
                 (
                     "",
@@ -342,6 +363,17 @@ class Demo:
             )
         for variable, namespace, role in rows:
             out.output(f"  {variable:8} {namespace:20} {role}")
+        if isinstance(world, PiaWorld):
+            for region in world.region_specs:
+                names = ", ".join(cn for cn, _ in region.servers)
+                forwarding = "port forwarding" if region.port_forward else "no port forwarding"
+                state = ", offline" if region.offline else ""
+                out.output(f"  region {region.id:14} {region.name} ({forwarding}{state}): {names}")
+            out.say(
+                "The fake PIA accepts only the login the world made; its region list is signed\n"
+                "with a test key, which the daemon's config names (PIA's real key is the default)."
+            )
+            return
         out.say(
             f"The fake API accepts only the access token the world made ({world.token_file},\n"
             "mode 0600); the daemon's config points at it, at the API addresses and at the test CA."
@@ -374,7 +406,10 @@ class Demo:
         assert self.world is not None and self.bus is not None
         out = self.out
         out.step("Start the real daemon in the host namespace")
-        config = self.world.write_config(self.directory / "nordwgd.toml", log_level="info")
+        extra: dict[str, Any] = {}
+        if self.provider == "pia":
+            extra["port_forward"] = {"enabled": True}
+        config = self.world.write_config(self.directory / "nordwgd.toml", log_level="info", **extra)
         self.shell.run(["cat", "$DEMO/nordwgd.toml"])
         argv = [
             "ip",
@@ -419,12 +454,34 @@ class Demo:
         )
         self.shell.run(self.nordwgctl("status"))
 
+    def login(self) -> None:
+        world = self.world
+        assert isinstance(world, PiaWorld)
+        self.out.step("Log in to PIA")
+        self.out.say(
+            "nordwgctl login asks the daemon which provider it serves; for PIA it asks for the\n"
+            "username and password (here read from a 0600 file, never from arguments):"
+        )
+        secret = self.directory / "pia-login"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(world.login_text())
+        ctl = " ".join(self.ctl)
+        self.shell.run(self.host("sh", "-c", f"{ctl} --bus $BUS login --stdin < $DEMO/pia-login"))
+        state_dir = self.directory / "world" / "state"
+        self.shell.run(["ls", "-l", str(state_dir)])
+
     def connect(self) -> None:
         assert self.world is not None
         self.out.step("Connect")
-        self.out.say("The daemon fetched the server list from the fake API:")
-        self.shell.run(self.nordwgctl("servers"))
-        country = self.country or country_record(self.world.servers[0].country_code)["name"]
+        if self.provider == "pia":
+            self.out.say("The daemon fetched and verified PIA's signed region list:")
+            self.shell.run(self.nordwgctl("countries"))
+            country = self.country or "uk"
+        else:
+            self.out.say("The daemon fetched the server list from the fake API:")
+            self.shell.run(self.nordwgctl("servers"))
+            country = self.country or country_record(self.world.servers[0].country_code)["name"]
         self.out.say("nordwgctl follows the daemon's State signals until it is connected:")
         self.shell.run(
             self.nordwgctl("connect", country, "--timeout", str(CONNECT_TIMEOUT)),
@@ -489,6 +546,60 @@ class Demo:
             "the query did not go to the tunnel DNS through the tunnel: "
             + ", ".join(f"{q.server} from {q.client}" for q in asked),
         )
+
+    def show_forwarded_port(self) -> None:
+        world = self.world
+        assert world is not None
+        self.out.step("A connection from the Internet arrives through the forwarded port")
+        self.out.say(
+            "From inside the tunnel the daemon asked the server for a port (getSignature) and\n"
+            "binds it every 15 minutes (bindPort); it publishes it as ForwardedPort, in a file\n"
+            "and to an optional hook. The firewall lets it in from the tunnel only."
+        )
+        port = 0
+        deadline = time.monotonic() + CONNECT_TIMEOUT
+        while not port and time.monotonic() < deadline:
+            port = int(self.status().get("ForwardedPort") or 0)
+            time.sleep(0.2)
+        if not port:
+            self.check(False, "", "no port was forwarded")
+            return
+        self.shell.run(self.nordwgctl("status"))
+        self.shell.run(["cat", "$DEMO/world/run/forwarded-port"])
+        hostname, station = self.connected_server()
+        argv = self.host(self.python, "-m", "nordwgd.testing.webserver", f"--listen=0.0.0.0:{port}")
+        self.out.command(self.shell.show(argv) + " &")
+        real = [self.shell.expand(word) for word in argv]
+        real[4] = sys.executable
+        listener = subprocess.Popen(
+            real,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.shell.env,
+            cwd=_REPO_ROOT,
+            text=True,
+        )
+        try:
+            assert listener.stdout is not None
+            listener.stdout.readline()  # "ready"
+            self.out.say(f"From the router (the Internet side), to {hostname}'s public address:")
+            result = self.shell.run(
+                [
+                    *("ip", "netns", "exec", "$ROUTER", "curl", "-sS", "--max-time", "5"),
+                    f"http://{station}:{port}/",
+                ]
+            )
+            seen = result.text.strip()
+            self.check(
+                seen == ROUTER_WAN,
+                f"the listener in the host answered a caller from the Internet ({ROUTER_WAN}) "
+                f"through {station}:{port}, the tunnel and the kill switch",
+                f"the connection through the forwarded port got {seen!r}",
+            )
+        finally:
+            listener.terminate()
+            listener.wait(timeout=10)
 
     def show_blocked_leaks(self) -> None:
         world = self.world
@@ -757,7 +868,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--country",
         metavar="NAME",
-        help="where to connect (default: the first fake server's country)",
+        help="where to connect (default: the first fake server's country; PIA: uk)",
+    )
+    parser.add_argument(
+        "--provider",
+        choices=("nordvpn", "pia"),
+        default="nordvpn",
+        help="the VPN service to fake: NordVPN, or PIA with a forwarded port",
     )
     return parser.parse_args(argv)
 
@@ -791,7 +908,7 @@ def main(
     code = EXIT_FAILED
     try:
         with _interruptible():
-            demo = Demo(out, keep=args.keep, country=args.country)
+            demo = Demo(out, keep=args.keep, country=args.country, provider=args.provider)
             demo.run()
         failed = bool(demo.failures)
         code = EXIT_FAILED if failed else EXIT_OK

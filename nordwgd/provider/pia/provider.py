@@ -42,7 +42,8 @@ from nordwgd.runstate import write_atomic
 
 log = logging.getLogger(__name__)
 
-OPTION_KEYS = ("region", "country", "server")
+# "country" and "city" name regions too: clients written for NordVPN send them
+OPTION_KEYS = ("region", "country", "city", "server")
 REGIONS_FILE = "pia-regions"
 FAILURE_MEMORY_SECONDS = 600.0
 SERVERS_PER_PLAN = 3  # addKey is tried on this many servers before the attempt fails
@@ -199,7 +200,7 @@ class PiaPlanner:
 
     def resolve(self, options: Mapping[str, object]) -> Target:
         given = {k: v for k, v in check_options(options, OPTION_KEYS).items() if v}
-        texts = tuple(v for k, v in given.items() if k in ("region", "country"))
+        texts = tuple(v for k, v in given.items() if k in ("region", "country", "city"))
         if not given:
             texts = self._config.location.countries
             servers = self._config.location.servers
@@ -327,7 +328,7 @@ class PiaPlanner:
             country=region.name,
             country_code=region.country,
             country_id=0,
-            city=region.name,
+            city="",  # a PIA region is one place: its name is in country
             city_id=0,
             groups=(region.id, "port_forward") if region.port_forward else (region.id,),
             group_titles=(),
