@@ -18,6 +18,11 @@ from nordwgd.testing.fleet import fixture_bytes
 
 RECOMMENDATIONS = json.loads(fixture_bytes("recommendations.json"))
 ONE_SERVER = RECOMMENDATIONS[0]
+IDENTIFIERS = tuple(group["identifier"] for group in ONE_SERVER["groups"])
+TITLES = tuple(group["title"] for group in ONE_SERVER["groups"])
+KEY = next(t for t in ONE_SERVER["technologies"] if t["identifier"] == "wireguard_udp")["metadata"][
+    0
+]["value"]
 
 PARSERS: dict[str, Callable[[bytes], object]] = {
     "servers": parse.parse_servers,
@@ -87,19 +92,15 @@ def test_fixtures_parse(name: str, fixture: str) -> None:
         (server_with(lambda s: s.update(hostname="de1 .nordvpn.com")), "is not a host name"),
         (server_with(lambda s: s.update(locations=[])), "[0].locations: empty"),
         (
-            server_with(lambda s: s["locations"][0]["country"].pop("city")),
-            "[0].locations[0].country.city: missing",
+            server_with(lambda s: s["locations"][0].pop("country")),
+            "[0].locations[0].country: missing",
         ),
         (
             server_with(lambda s: s["locations"][0]["country"]["city"].update(id="x")),
             "[0].locations[0].country.city.id: expected an integer",
         ),
         (server_with(lambda s: s.update(ipv6_station="10.0.0.1")), "is not an IPv6 address"),
-        (server_with(lambda s: s["groups"].append(3)), "[0].groups[3]: expected an object"),
-        (
-            server_with(lambda s: s["technologies"][5].pop("pivot")),
-            "[0].technologies[5].pivot: missing",
-        ),
+        (server_with(lambda s: s.pop("status")), "[0].status: missing"),
     ],
 )
 def test_malformed_servers_are_named(body: bytes, message: str) -> None:
@@ -107,6 +108,65 @@ def test_malformed_servers_are_named(body: bytes, message: str) -> None:
         parse.parse_servers(body, "/v1/servers/recommendations")
     assert message in str(caught.value)
     assert "/v1/servers/recommendations" in str(caught.value)
+
+
+def drop_group_identifiers(server: dict[str, Any]) -> None:
+    for group in server["groups"]:
+        del group["identifier"]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        # What the daemon does not need may be missing or of another shape: the server is kept.
+        (drop_group_identifiers, {"groups": (), "group_titles": TITLES}),
+        (lambda s: s.pop("groups"), {"groups": (), "group_titles": ()}),
+        (lambda s: s["groups"].append(3), {"groups": IDENTIFIERS, "group_titles": TITLES}),
+        (lambda s: s["locations"][0]["country"].pop("city"), {"city": "", "city_id": 0}),
+        (lambda s: s["locations"][0]["country"].pop("id"), {"country_id": 0}),
+        (lambda s: s.pop("ipv6_station"), {"ipv6_station": None}),
+        (lambda s: s.pop("id"), {"id": 0}),
+        (lambda s: s.pop("name"), {"name": ""}),
+        (lambda s: s["technologies"].insert(0, "ikev2"), {"public_key": KEY}),
+        (lambda s: s["technologies"].insert(0, {"id": 1}), {"public_key": KEY}),
+        (lambda s: wireguard_of(s).pop("pivot"), {"public_key": KEY, "wireguard_online": False}),
+        (lambda s: s.pop("technologies"), {"public_key": None}),
+        (lambda s: s.pop("services"), {"public_key": KEY}),
+        (
+            lambda s: wireguard_of(s)["metadata"][0].update(value="\t" + KEY + "\n"),
+            {"public_key": KEY, "wireguard_online": True},
+        ),
+    ],
+)
+def test_fields_the_daemon_does_not_need_may_be_missing(
+    change: Callable[[dict[str, Any]], None], expected: dict[str, object]
+) -> None:
+    (server,) = parse.parse_servers(server_with(change))
+    for field, value in expected.items():
+        assert getattr(server, field) == value, field
+    assert server.hostname == ONE_SERVER["hostname"]
+
+
+def test_servers_of_2017_parse() -> None:
+    """The API's shape of 2017: no group identifiers, a location without a city, no NordLynx."""
+    servers = parse.parse_servers(fixture_bytes("servers-2017.json"), "/v1/servers")
+    assert [(s.hostname, s.country_code, s.city) for s in servers] == [
+        ("cl1.nordvpn.com", "CL", "Ciudad Santiago"),
+        ("fr3.nordvpn.com", "FR", ""),
+    ]
+    assert servers[1].group_titles == ("Standard VPN servers", "P2P", "Europe")
+    assert servers[1].groups == ()
+    assert all(s.status == "online" and not s.usable for s in servers)  # no wireguard_udp then
+
+
+def test_server_of_2020_is_usable() -> None:
+    """The shape of 2020: no group identifiers, no ipv6_station, a key with a leading tab."""
+    obj = json.loads(fixture_bytes("server-2020.json"))
+    (server,) = parse.parse_servers(encode([obj]), "/v1/servers")
+    assert server.hostname == "lv40.nordvpn.com" and server.city == "Riga"
+    assert server.public_key == "Zid1YfpCDPeeyWzEEmiZLPcmwNopke/B/Pa/DtiViiw="
+    assert server.usable and server.ipv6_station is None
+    assert server.group_titles == ("Standard VPN servers", "P2P", "Europe")
 
 
 def wireguard_of(server: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,13 @@ A server whose wireguard_udp entry is missing, or carries no well-formed public 
 with ``public_key=None``: it is not usable for NordLynx and selection skips it. In a list of
 servers an entry that is malformed in itself is skipped (and logged) so that one bad server
 does not make the whole API unusable; a list in which every entry is malformed is an error.
+
+Only what a tunnel needs is required of a server: its host name, entry address, load and
+status. Everything else is taken as it comes, because the API has changed shape over the
+years (captures of 2017 and 2020 are in testing/fixtures): groups without an ``identifier``,
+a location without a city, no ``ipv6_station``, technologies without ``metadata``, a public key
+with stray white space. A missing id, name or city is shown empty; a group, technology or
+metadata entry of an unknown shape is passed over.
 """
 
 from __future__ import annotations
@@ -195,28 +202,54 @@ def _wireguard_key(value: str) -> bytes | None:
 def _public_key(metadata: list[Any]) -> str | None:
     """The well-formed public key among a wireguard_udp entry's metadata, if any."""
     for item in metadata:
-        # Metadata values are not always strings; only a well-formed key counts.
+        # Metadata values are not always strings; only a well-formed key counts. The API has
+        # sent keys with a leading tab, which the official client strips too.
         if isinstance(item, dict) and item.get("name") == "public_key":
             value = item.get("value")
-            if isinstance(value, str) and _wireguard_key(value) is not None:
-                return value
+            if isinstance(value, str):
+                value = value.strip()
+                if _wireguard_key(value) is not None:
+                    return value
     return None
 
 
-def _wireguard(ctx: _Context, technologies: list[Any]) -> tuple[str | None, bool]:
-    """(public key or None, pivot online) of the server's wireguard_udp entry."""
-    for index, entry in enumerate(technologies):
-        here = ctx.at(index)
-        entry = here.expect(entry, dict)
-        if here.field(entry, "identifier", str) != WIREGUARD_IDENTIFIER:
+def _wireguard(technologies: object) -> tuple[str | None, bool]:
+    """(public key or None, pivot online) of the server's wireguard_udp entry.
+
+    Entries of another shape are passed over; a wireguard_udp entry without a pivot status
+    or metadata list makes the server unusable, not malformed.
+    """
+    if not isinstance(technologies, list):
+        return None, False
+    for entry in technologies:
+        if not isinstance(entry, dict) or entry.get("identifier") != WIREGUARD_IDENTIFIER:
             continue
-        pivot = here.field(entry, "pivot", dict)
-        online = here.at("pivot").field(pivot, "status", str) == "online"
+        pivot = entry.get("pivot")
+        online = isinstance(pivot, dict) and pivot.get("status") == "online"
         metadata = entry.get("metadata", [])
-        if not isinstance(metadata, list):
-            here.at("metadata").fail(f"expected an array, got {_describe(metadata)}")
-        return _public_key(metadata), online
+        return (_public_key(metadata) if isinstance(metadata, list) else None), online
     return None, False
+
+
+def _groups(groups: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(identifiers, titles) of the server's groups; older answers have titles only."""
+    identifiers: list[str] = []
+    titles: list[str] = []
+    for group in groups if isinstance(groups, list) else ():
+        if not isinstance(group, dict):
+            continue
+        identifier, title = group.get("identifier"), group.get("title")
+        if isinstance(identifier, str):
+            identifiers.append(identifier)
+        if isinstance(title, str):
+            titles.append(title)
+    return tuple(identifiers), tuple(titles)
+
+
+def _optional(ctx: _Context, obj: dict[str, Any], key: str, kind: type[T], default: T) -> T:
+    """``obj[key]`` when present (and then of ``kind``), else ``default``."""
+    value = obj.get(key)
+    return default if value is None else ctx.at(key).expect(value, kind)
 
 
 def parse_server(obj: object, source: str = "server", *, _ctx: _Context | None = None) -> Server:
@@ -243,21 +276,12 @@ def parse_server(obj: object, source: str = "server", *, _ctx: _Context | None =
     location = lctx.expect(locations[0], dict)
     cctx = lctx.at("country")
     country = lctx.field(location, "country", dict)
-    city = cctx.field(country, "city", dict)
-    groups_ctx = ctx.at("groups")
-    identifiers: list[str] = []
-    titles: list[str] = []
-    for index, group in enumerate(ctx.field(server, "groups", list)):
-        gctx = groups_ctx.at(index)
-        group = gctx.expect(group, dict)
-        identifiers.append(gctx.field(group, "identifier", str))
-        titles.append(gctx.field(group, "title", str))
-    public_key, wireguard_online = _wireguard(
-        ctx.at("technologies"), ctx.field(server, "technologies", list)
-    )
+    city = _optional(cctx, country, "city", dict, {})  # not every location had a city
+    identifiers, titles = _groups(server.get("groups"))
+    public_key, wireguard_online = _wireguard(server.get("technologies"))
     return Server(
-        id=ctx.field(server, "id", int),
-        name=ctx.field(server, "name", str),
+        id=_optional(ctx, server, "id", int, 0),
+        name=_optional(ctx, server, "name", str, ""),
         hostname=hostname,
         station=_ipv4(ctx.at("station"), ctx.field(server, "station", str)),
         ipv6_station=ipv6,
@@ -265,11 +289,11 @@ def parse_server(obj: object, source: str = "server", *, _ctx: _Context | None =
         status=ctx.field(server, "status", str),
         country=cctx.field(country, "name", str),
         country_code=cctx.field(country, "code", str),
-        country_id=cctx.field(country, "id", int),
-        city=cctx.at("city").field(city, "name", str),
-        city_id=cctx.at("city").field(city, "id", int),
-        groups=tuple(identifiers),
-        group_titles=tuple(titles),
+        country_id=_optional(cctx, country, "id", int, 0),
+        city=_optional(cctx.at("city"), city, "name", str, ""),
+        city_id=_optional(cctx.at("city"), city, "id", int, 0),
+        groups=identifiers,
+        group_titles=titles,
         public_key=public_key,
         wireguard_online=wireguard_online,
     )

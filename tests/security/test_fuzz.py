@@ -320,6 +320,50 @@ def test_random_objects_as_one_server(tried: Counter, value: Any) -> None:
         assert isinstance(result, errors.ApiUnavailable)
 
 
+SERVER_2020: dict[str, Any] = json.loads(fixture_bytes("server-2020.json"))
+
+
+def _droppable(server: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Paths in a server object of what a NordLynx tunnel does not need."""
+    paths: list[tuple[Any, ...]] = [
+        (key,)
+        for key in server
+        if key not in ("hostname", "station", "load", "status", "locations", "technologies")
+    ]
+    location = server["locations"][0]
+    paths += [("locations", 0, key) for key in location if key != "country"]
+    paths += [("locations", 0, "country", key) for key in ("id", "city")]
+    for index, group in enumerate(server.get("groups", [])):
+        paths += [("groups", index, key) for key in group]
+    for index, entry in enumerate(server["technologies"]):
+        if entry["identifier"] != "wireguard_udp":
+            paths.append(("technologies", index))
+        else:
+            paths += [("technologies", index, key) for key in ("id", "name", "created_at")]
+            paths += [("technologies", index, "pivot", key) for key in ("server_id",)]
+    return paths
+
+
+@FUZZ
+@given(data=st.data())
+def test_what_a_tunnel_does_not_need_may_be_missing(tried: Counter, data: st.DataObject) -> None:
+    """Any set of fields the daemon does not need, deleted from a server of 2020: still usable."""
+    tried()
+    server = copy.deepcopy(SERVER_2020)
+    paths = data.draw(st.lists(st.sampled_from(_droppable(server)), unique=True, max_size=12))
+    # Deepest and last first, so that deleting one path never moves another.
+    for path in sorted(
+        paths, key=lambda p: (len(p), p[-1] if isinstance(p[-1], int) else -1), reverse=True
+    ):
+        parent = server
+        for key in path[:-1]:
+            parent = parent[key]
+        del parent[path[-1]]
+    (parsed,) = parse.parse_servers(json.dumps([server]).encode(), "/v1/servers")
+    assert parsed.usable and parsed.hostname == "lv40.nordvpn.com"
+    assert parsed.public_key == "Zid1YfpCDPeeyWzEEmiZLPcmwNopke/B/Pa/DtiViiw="
+
+
 @FEW
 @given(key=st.text(max_size=80), extra=st.dictionaries(st.text(max_size=10), json_values))
 def test_credentials_never_quote_the_key(tried: Counter, key: str, extra: dict[str, Any]) -> None:
