@@ -18,7 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bench_catalog, bench_connect, bench_daemon, bench_failover, bench_firewall
+from bench import (
+    bench_catalog,
+    bench_connect,
+    bench_daemon,
+    bench_failover,
+    bench_firewall,
+    bench_lookups,
+)
 
 # (figure, key in the results, unit, target, lower is better)
 ROWS: tuple[tuple[str, str, str, float, bool], ...] = (
@@ -39,6 +46,8 @@ ROWS: tuple[tuple[str, str, str, float, bool], ...] = (
     ("D-Bus GetAll p99, 4 calls in flight", "daemon.getall_concurrent_p99_ms", "ms", 2.0, True),
     ("change reaches 100 subscribers", "daemon.fanout_call_to_last_ms", "ms", 50, True),
     ("catalog: parse+rank 6,000 servers", "catalog.total_ms_median", "ms", 200, True),
+    ("ListServers by name: loop stall now / before", "lookups.stall_ratio", "x", 1.0, True),
+    ("50 callers at once: shared / unshared", "lookups.callers_ratio", "x", 0.1, True),
 )  # fmt: skip
 
 
@@ -90,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("catalog", lambda: bench_catalog.run(repeats=3 if quick else 7)),
+        ("lookups", lambda: bench_lookups.run(repeats=3 if quick else 5)),
         ("firewall", _firewall),
         ("connect", lambda: bench_connect.run(runs=2 if quick else 5)),
         ("failover", lambda: bench_failover.run(runs=1 if quick else 3)),
