@@ -58,6 +58,31 @@ async def main():
         target = planner.resolve({"region": sys.argv[5]})
         await planner.check_servers(target)
         return {}
+    if step == "pinholes":
+        opened = []
+        async def allow(pinholes):
+            opened.append(sorted(f"{a}:{p}" for a, p in pinholes))
+        planner.set_allow(allow)
+        await planner.region_list(refresh=True)
+        meta = sorted(f"{m.address}:443" for m in planner._meta_servers())
+        params = await planner.plan(planner.resolve({"region": "uk"}), 0, frozenset())
+        return {"meta": meta, "opened": opened, "station": str(params.endpoint.address)}
+    if step == "renew":
+        # Every server asked must be open in the firewall at the moment it is asked.
+        asked = []
+        def watch(call):
+            async def watched(*args):
+                meta = args[-1]
+                asked.append({
+                    "asked": sorted(f"{m.address}:443" for m in meta),
+                    "open": sorted(f"{a}:{p}" for a, p in planner.pinholes),
+                })
+                return await call(*args)
+            return watched
+        planner._api.token = watch(planner._api.token)
+        planner._api.region_list_wire = watch(planner._api.region_list_wire)
+        await planner.refresh()
+        return {"calls": asked}
     if step == "logout":
         await planner.logout()
         return {}
@@ -261,3 +286,38 @@ def test_port_forwarding_refuses_a_us_region_naming_others(world: PiaWorld, tmp_
     assert answer["message"].endswith("regions with port forwarding: uk")
     plain = world.write_config(tmp_path / "plain.toml", paths={"state_dir": str(tmp_path / "s")})
     assert run(world, plain, "check", "0", "us_california")["ok"]
+
+
+def test_the_firewall_is_told_every_server_before_it_is_asked(
+    world: PiaWorld, tmp_path: Path
+) -> None:
+    # Only one meta server configured: the region list names another, asked first from then on.
+    config = world.write_config(
+        tmp_path / "one-meta.toml",
+        paths={"state_dir": str(tmp_path / "state")},
+        pia={"meta": ["london401@198.18.0.20"]},
+    )
+    answer = run(world, config, "pinholes")
+    assert answer["ok"], answer
+    assert "198.18.0.21:443" in answer["meta"]  # zurich401, from the verified list
+    last = set(answer["opened"][-1])
+    assert set(answer["meta"]) <= last
+    assert f"{answer['station']}:1337" in last
+
+
+def test_renew_after_a_restart_opens_the_new_meta_servers_first(
+    world: PiaWorld, tmp_path: Path
+) -> None:
+    config = world.write_config(
+        tmp_path / "one-meta.toml",
+        paths={"state_dir": str(tmp_path / "state")},
+        pia={"meta": ["london401@198.18.0.20"]},
+    )
+    assert run(world, config, "regions")["ok"]  # kept on disk, as by an earlier process
+    answer = run(world, config, "renew")
+    assert answer["ok"], answer
+    calls = answer["calls"]
+    assert len(calls) == 2  # the region list, then the token
+    assert any("198.18.0.21:443" in call["asked"] for call in calls)
+    for call in calls:
+        assert set(call["asked"]) <= set(call["open"]), call

@@ -96,7 +96,16 @@ class PiaPlanner:
         self._token: login.KeptToken | None = None
         self._token_lock = asyncio.Lock()
         self._failures: dict[str, float] = {}
-        self.pinholes: Pinholes = tuple((m.address, 443) for m in config.pia.meta)
+        self._list_meta: tuple[MetaServer, ...] = ()
+        self._server_pinhole: Pinholes = ()
+        self.pinholes: Pinholes = tuple(
+            dict.fromkeys(
+                (
+                    *((m.address, 443) for m in config.pia.meta),
+                    *((address, 443) for address in config.pia.api_addresses),
+                )
+            )
+        )
         self.forwarding: ForwardingHost | None = None
 
     @property
@@ -121,15 +130,37 @@ class PiaPlanner:
                 raise ConfigError(f"pia.regions_key_file {path}: {error}") from None
         return self._key
 
+    def _use(self, listing: RegionList) -> RegionList:
+        """Take ``listing`` (verified); a few of its meta servers are asked first from now on."""
+        found = [
+            MetaServer(region.meta[0].cn, region.meta[0].ip)
+            for region in listing.regions
+            if region.meta and not region.offline
+        ]
+        self._rng.shuffle(found)
+        self._list_meta = tuple(found[:4])
+        self._regions = listing
+        return listing
+
     def _meta_servers(self) -> list[MetaServer]:
         """Meta servers to ask: those of the last verified list first, then the configured."""
-        found: list[MetaServer] = []
-        if self._regions is not None:
-            for region in self._regions.regions:
-                if not region.offline:
-                    found.extend(MetaServer(m.cn, m.ip) for m in region.meta[:1])
-        self._rng.shuffle(found)
-        return found[:4] + list(self._config.pia.meta)
+        return list(dict.fromkeys((*self._list_meta, *self._config.pia.meta)))
+
+    async def _open(self) -> None:
+        """Make sure the firewall lets the daemon reach every PIA server it may ask now."""
+        wanted = tuple(
+            dict.fromkeys(
+                (
+                    *((m.address, 443) for m in self._meta_servers()),
+                    *((address, 443) for address in self._config.pia.api_addresses),
+                    *self._server_pinhole,
+                )
+            )
+        )
+        if wanted != self.pinholes:
+            self.pinholes = wanted
+            if self._allow is not None:
+                await self._allow(wanted)
 
     def _read_kept(self) -> RegionList | None:
         path = self._state_dir / REGIONS_FILE
@@ -145,22 +176,23 @@ class PiaPlanner:
 
     async def region_list(self, *, refresh: bool = False) -> RegionList:
         """The verified region list: kept in memory or on disk, else fetched."""
-        if self._regions is None and not refresh:
-            self._regions = await asyncio.to_thread(self._read_kept)
-        if self._regions is None or refresh:
-            key = await asyncio.to_thread(self._public_key)
-            wire = await self._api.region_list_wire(self._meta_servers())
-            parsed = regions.parse(regions.verify(wire, key))
-            self._regions = parsed
-            try:
-                self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                await asyncio.to_thread(
-                    write_atomic, self._state_dir / REGIONS_FILE, wire, mode=0o644
-                )
-            except OSError as error:
-                log.warning("cannot keep the PIA region list: %s", error)
-            log.info("PIA region list: %d regions, signature verified", len(parsed.regions))
-        return self._regions
+        if not refresh:
+            if self._regions is not None:
+                return self._regions
+            kept = await asyncio.to_thread(self._read_kept)
+            if kept is not None:
+                return self._use(kept)
+        key = await asyncio.to_thread(self._public_key)
+        await self._open()
+        wire = await self._api.region_list_wire(self._meta_servers())
+        parsed = self._use(regions.parse(regions.verify(wire, key)))
+        try:
+            self._state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            await asyncio.to_thread(write_atomic, self._state_dir / REGIONS_FILE, wire, mode=0o644)
+        except OSError as error:
+            log.warning("cannot keep the PIA region list: %s", error)
+        log.info("PIA region list: %d regions, signature verified", len(parsed.regions))
+        return parsed
 
     # --- the token -------------------------------------------------------------------
 
@@ -176,8 +208,8 @@ class PiaPlanner:
             account = login.require_login(
                 await asyncio.to_thread(login.load_login, self._state_dir, self._credentials_dir)
             )
-            meta = self._meta_servers()
-            token = await self._api.token(account.username, account.password, meta)
+            await self._open()
+            token = await self._api.token(account.username, account.password, self._meta_servers())
             self._token = await asyncio.to_thread(login.keep_token, self._state_dir, token, now)
             log.info("PIA: new token for %s", account.username)
             return token
@@ -188,6 +220,7 @@ class PiaPlanner:
             kept = self._token or await asyncio.to_thread(login.load_token, self._state_dir)
             self._token = None
             if kept is not None:
+                await self._open()
                 try:
                     if not await self._api.expire_token(kept.token):
                         log.info("PIA token forgotten here; it lapses within 24 hours")
@@ -296,9 +329,9 @@ class PiaPlanner:
         self, listing: RegionList, region: Region, server: PiaServer, attempt: int, target: Target
     ) -> TunnelParams:
         port = listing.wireguard_port
-        self.pinholes = (*((m.address, 443) for m in self._meta_servers()), (server.ip, port))
-        if self._allow is not None:
-            await self._allow(self.pinholes)
+        # addKey goes to this one server: the firewall must let it through first.
+        self._server_pinhole = ((server.ip, port),)
+        await self._open()
         private, public = generate_keypair()
         token = await self.token()
         try:
