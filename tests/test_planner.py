@@ -392,6 +392,24 @@ async def test_concurrent_listings_share_one_download(planner: Planner, fake: Fa
     assert len(_server_list_queries(fake)) == 1
 
 
+async def test_an_api_of_2020_shape_still_connects(
+    fleet: Fleet, pki: Pki, catalog: Catalog, token: Token
+) -> None:
+    """Server objects as the API sent them in 2020 (no group identifiers, a tab before the key)."""
+    with FakeApi(fleet, pki, shape="2020") as fake:
+        api = NordVpnApi(api_config(fake, pki), backoff=0.01, max_delay=0.05)
+        try:
+            planner = make_planner(api, catalog, token)
+            params = await planner.plan(planner.resolve({"country": "DE"}), 0, frozenset())
+            spec = fleet.by_hostname(params.server.hostname)
+            assert params.peer_public_key == spec.public_key
+            found = await planner.servers({"server": "de1001", "group": "p2p"}, 20)
+            assert found and found[0].hostname == "de1001.nordvpn.com"
+            assert all("P2P" in server.group_titles for server in found[1:])
+        finally:
+            await api.aclose()
+
+
 async def test_ipv6_tunnel_routes_both_families(
     api: NordVpnApi, catalog: Catalog, token: Token
 ) -> None:

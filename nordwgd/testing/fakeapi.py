@@ -1,7 +1,9 @@
 """A faithful fake of the NordVPN API over real HTTPS, with switchable faults.
 
 Responses are shaped exactly like the captured ones in ``fixtures/`` (the server object is
-built from the first server of ``recommendations.json`` as a template). Used in-process by
+built from the first server of ``recommendations.json`` as a template). ``shape="2020"``
+serves server objects as the API sent them in 2020, built on the captured ``server-2020.json``:
+groups without ``identifier``, no ``ipv6_station``, the public key after a tab. Used in-process by
 unit tests (``FakeApi``) and as a process inside the test world's router namespace
 (``python -m nordwgd.testing.fakeapi serve ...``, steered through ``FaultControl``).
 
@@ -55,6 +57,7 @@ RECOMMENDATIONS_LIMIT = 20
 SERVERS_LIMIT = 100
 RETRY_AFTER_SECONDS = 1
 SERVER_ID_BASE = 1_000_000
+SHAPES = ("current", "2020")
 TIMESTAMP = "2023-06-30 08:46:10"
 WIREGUARD_TECHNOLOGY_ID = 35
 
@@ -71,9 +74,24 @@ def _compact(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _template() -> ServerObject:
+def _template(shape: str = "current") -> ServerObject:
+    if shape == "2020":
+        old: ServerObject = json.loads(fixture_bytes("server-2020.json"))
+        return old
     template: ServerObject = json.loads(fixture_bytes("recommendations.json"))[0]
     return template
+
+
+def _as_in_2020(obj: ServerObject) -> ServerObject:
+    """``obj`` as the API sent it in 2020 (see fixtures/server-2020.source.txt)."""
+    del obj["ipv6_station"]
+    for group in obj["groups"]:
+        del group["identifier"]
+    for technology in obj["technologies"]:
+        for item in technology.get("metadata", []):
+            if item.get("name") == "public_key":
+                item["value"] = "\t" + item["value"]
+    return obj
 
 
 def _display_name(spec: ServerSpec) -> str:
@@ -149,17 +167,18 @@ class _Indexed:
 class ServerIndex:
     """The fleet's server objects, serialized once, with what the filters look at."""
 
-    def __init__(self, fleet: Fleet) -> None:
-        template = _template()
+    def __init__(self, fleet: Fleet, shape: str = "current") -> None:
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
+        template = _template(shape)
         self.entries: list[_Indexed] = []
         for position, spec in enumerate(fleet.servers):
             server_id = SERVER_ID_BASE + position
             obj = server_object(spec, server_id, template)
-            groups = frozenset(
-                value
-                for group in obj["groups"]
-                for value in (group["identifier"], str(group["id"]))
-            )
+            # The filters take identifiers and ids, whatever the objects show of them.
+            groups = frozenset(spec.groups) | {str(group["id"]) for group in obj["groups"]}
+            if shape == "2020":
+                obj = _as_in_2020(obj)
             technologies: dict[str, str] = {}
             for technology in obj["technologies"]:
                 status = technology["pivot"]["status"]
@@ -288,9 +307,9 @@ class _FaultState:
 
 
 class _State:
-    def __init__(self, fleet: Fleet, pki: Pki) -> None:
+    def __init__(self, fleet: Fleet, pki: Pki, shape: str = "current") -> None:
         self.fleet = fleet
-        self.index = ServerIndex(fleet)
+        self.index = ServerIndex(fleet, shape)
         self.stations = {entry.spec.station: entry.spec for entry in self.index.entries}
         self.faults = _FaultState()
         self.stopping = threading.Event()
@@ -536,8 +555,9 @@ class FakeApi:
         fleet: Fleet,
         pki: Pki,
         listen: Sequence[tuple[str, int]] = (("127.0.0.1", 0),),
+        shape: str = "current",
     ) -> None:
-        self._state = _State(fleet, pki)
+        self._state = _State(fleet, pki, shape)
         self._listen = tuple(listen)
         self._servers: list[_TlsServer] = []
         self._threads: list[threading.Thread] = []
