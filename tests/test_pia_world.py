@@ -464,3 +464,26 @@ def test_renew_fetches_a_new_token_and_region_list(
     assert asked("/vpninfo/servers/v6") == lists + 1
     report = driver.call("diagnose")
     assert report["provider"] == "pia"
+
+
+@pytest.mark.parametrize("fault", ["short-payload", "expired-payload"])
+def test_a_signature_near_its_end_is_replaced(
+    world: PiaWorld, start: Callable[..., Driver], fault: str
+) -> None:
+    def signatures() -> int:
+        return sum(r["path"] == "/getSignature" for r in world.pia_requests())
+
+    driver = start()
+    driver.login()
+    world.fault(fault, count=1)
+    before = signatures()
+    driver.call("connect", options={"region": "uk"})
+    port = driver.wait(60.0, State="connected", port_not=0)["ForwardedPort"]
+    if fault == "short-payload":
+        # Three days left, fewer than renew_before (7 days): a new port at the next bind.
+        port = driver.wait(30.0, State="connected", port_not=port)["ForwardedPort"]
+    # An expired one is refused by bindPort, and one new signature follows at once.
+    assert signatures() - before == 2
+    time.sleep(3.5)
+    assert signatures() - before == 2  # the good one is kept and bound again
+    assert driver.wait(5.0, State="connected")["ForwardedPort"] == port
