@@ -27,6 +27,11 @@ _OPEN = FirewallPolicy(state="disconnected", block=False)
 # (nft 1.0.6 lists chains per family only; the sets listing fails when our table is absent.)
 _LIST_TABLE = (f"list sets table {TABLE_FAMILY} {TABLE_NAME}", f"list chains {TABLE_FAMILY}")
 MARKER_SET = "marker"
+# iptables-restore waits this long for the xtables lock held by another program, and every
+# firewall command gets this long in all: a firewall change that hangs must fail (closed),
+# never park the daemon.
+LOCK_WAIT = 5
+COMMAND_TIMEOUT = 20.0
 
 
 class _Engine(Protocol):
@@ -37,6 +42,7 @@ class _Engine(Protocol):
 
 
 async def _run(argv: Sequence[str], stdin: str = "") -> tuple[int, str, str]:
+    """Run ``argv``; a command that has not ended after COMMAND_TIMEOUT is killed (rc 124)."""
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -46,7 +52,13 @@ async def _run(argv: Sequence[str], stdin: str = "") -> tuple[int, str, str]:
         )
     except OSError as error:
         return 127, "", f"{argv[0]}: {error.strerror or error}"
-    out, err = await process.communicate(stdin.encode())
+    try:
+        async with asyncio.timeout(COMMAND_TIMEOUT):
+            out, err = await process.communicate(stdin.encode())
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        return 124, "", f"{argv[0]}: no answer within {COMMAND_TIMEOUT:g} s; killed"
     return process.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
 
 
@@ -187,7 +199,7 @@ class _IptablesEngine:
             saved = await self._save(save)
             script = iptables.render_restore(policy, family, saved)
             if script:
-                rc, _, err = await _run([restore, "-w", "--noflush"], script)
+                rc, _, err = await _run([restore, "-w", str(LOCK_WAIT), "--noflush"], script)
                 if rc != 0:
                     raise FirewallFailed(
                         f"{restore} rejected the ruleset ({policy.state}): {err.strip()}"

@@ -108,13 +108,24 @@ async def apply(policy: SplitPolicy) -> None:
     log.info("split tunnel: rules %s", what)
 
 
+_NFT_TIMEOUT = 20.0  # a hung nft fails the change instead of parking the daemon
+
+
 def _nft(script: str) -> tuple[int, str]:
     try:
         import nftables
     except ImportError:
-        result = subprocess.run(
-            ["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False
-        )
+        try:
+            result = subprocess.run(
+                ["nft", "-f", "-"],
+                input=script,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=_NFT_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            return 124, f"nft: no answer within {_NFT_TIMEOUT:g} s; killed"
         return result.returncode, result.stderr
     context = nftables.Nftables()
     rc, _, err = context.cmd(script)
