@@ -14,9 +14,7 @@ import asyncio
 import difflib
 import functools
 import json
-import os
 import re
-import secrets
 import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -32,6 +30,7 @@ from nordwgd.errors import (
     NordwgdError,
     UnknownLocation,
 )
+from nordwgd.files import write_atomic
 
 DATA_DIRECTORY = Path(__file__).resolve().parent / "data"
 
@@ -378,17 +377,7 @@ def write_catalog(bodies: Mapping[_Source, bytes], directory: Path) -> list[Path
     written = []
     for source, data in bodies.items():
         target = directory / source.file_name
-        temporary = directory / f".{source.file_name}.{secrets.token_hex(6)}.tmp"
-        try:
-            with temporary.open("xb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            temporary.chmod(0o644)
-            temporary.replace(target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        write_atomic(target, data, mode=0o644)
         written.append(target)
     return written
 

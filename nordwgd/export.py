@@ -14,13 +14,13 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from nordwgd.catalog import Catalog
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, InvalidArgument, NordwgdError, NotLoggedIn
+from nordwgd.files import write_atomic
 from nordwgd.model import Secret
 from nordwgd.provider.nordvpn import NordVpnApi
 from nordwgd.token import load_token
@@ -74,25 +74,12 @@ async def export_config(
 
 def write_private(path: Path, text: str) -> None:
     """Replace ``path`` with ``text``, never readable by others, not even for a moment."""
-    directory = path.parent
     if path.is_dir():
         raise InvalidArgument(f"{path} is a directory")
     try:
-        # mkstemp creates the file 0600; the rename makes the change atomic.
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    except OSError as error:
-        raise InvalidArgument(f"cannot write to {directory}: {error.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        Path(temporary).replace(path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, OSError):  # a full disk, a quota: the user's to fix, no traceback
-            raise InvalidArgument(f"cannot write {path}: {error.strerror or error}") from None
-        raise
+        write_atomic(path, text.encode(), mode=0o600)
+    except OSError as error:  # a full disk, a quota, no such directory: the user's to fix
+        raise InvalidArgument(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -32,12 +32,12 @@ from nordwgd.catalog import Catalog
 from nordwgd.config import Config
 from nordwgd.engine import Engine, SystemEngine
 from nordwgd.errors import InvalidArgument, NordwgdError
+from nordwgd.files import remove, write_atomic
 from nordwgd.machine import Companion, Machine, Tuning
 from nordwgd.model import Pinholes, TunnelParams
 from nordwgd.planner import Planner, Target
 from nordwgd.provider.base import Provider
 from nordwgd.provider.nordvpn import NordVpnApi
-from nordwgd.runstate import write_atomic
 from nordwgd.sharedcall import SharedResults
 from nordwgd.split.excluded import ExcludedApps
 from nordwgd.states import Blocking, State
@@ -163,7 +163,7 @@ def read_target(config: Config) -> dict[str, str] | None:
 def write_target(config: Config, target: Target | None) -> None:
     path = config.paths.runtime_dir / TARGET_FILE
     if target is None:
-        path.unlink(missing_ok=True)
+        remove(path)
     else:
         _write_json(path, {"options": dict(target.options)}, 0o644)
 

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nordwgd.errors import DnsFailed, TunnelFailed
+from nordwgd.files import write_atomic
 from nordwgd.model import IPAddress, TunnelParams
-from nordwgd.runstate import Journal, Step, write_atomic
+from nordwgd.runstate import Journal, Step
 
 log = logging.getLogger(__name__)
 

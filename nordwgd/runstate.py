@@ -20,12 +20,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from nordwgd.files import remove, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,9 @@ class Journal:
     Methods do blocking file I/O; async callers run them with ``asyncio.to_thread``.
     """
 
-    def __init__(self, runtime_dir: Path, steps: list[Step] | None = None, *,
-                 unknown: bool = False) -> None:
+    def __init__(
+        self, runtime_dir: Path, steps: list[Step] | None = None, *, unknown: bool = False
+    ) -> None:
         self.runtime_dir = runtime_dir
         self.path = runtime_dir / JOURNAL_NAME
         self.steps: list[Step] = list(steps or [])
@@ -66,8 +67,12 @@ class Journal:
                 raise ValueError("a step is not an object with a 'step' name")
         except (ValueError, KeyError, TypeError) as exc:
             aside = path.with_name(f"{JOURNAL_NAME}.corrupt-{int(time.time())}")
-            log.warning("runtime record %s is unreadable (%s); moved to %s, cleaning up by name",
-                        path, exc, aside)
+            log.warning(
+                "runtime record %s is unreadable (%s); moved to %s, cleaning up by name",
+                path,
+                exc,
+                aside,
+            )
             with contextlib.suppress(OSError):
                 path.rename(aside)
             return cls(runtime_dir, unknown=True)
@@ -101,34 +106,12 @@ class Journal:
         """Everything was undone: remove the record."""
         self.steps.clear()
         self.unknown = False
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        remove(self.path)
 
     def _write(self) -> None:
         if not self.steps and not self.unknown:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            remove(self.path)
             return
         self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = json.dumps({"version": FORMAT_VERSION, "steps": self.steps}, indent=1)
         write_atomic(self.path, data.encode(), mode=0o600)
-
-
-def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to a temporary file beside ``path`` (created with ``mode``), then rename.
-
-    The temporary name is unique, so two threads replacing one file never share it.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(fd, mode)
-            file.write(data)
-            file.flush()
-            os.fsync(fd)
-        tmp.replace(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise

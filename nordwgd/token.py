@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 
 from nordwgd.config import Config
 from nordwgd.errors import ConfigError, InvalidArgument, NotLoggedIn
+from nordwgd.files import remove, write_atomic
 from nordwgd.model import Secret
 from nordwgd.redact import register_secret
 
@@ -88,33 +88,13 @@ def store_token(state_dir: Path, token: Secret) -> Path:
     value = validate_token(token.reveal()).reveal()
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = state_dir / STORED_TOKEN_NAME
-    temporary = state_dir / f".{STORED_TOKEN_NAME}.{secrets.token_hex(8)}.tmp"
-    # O_EXCL + mode: the file never exists with looser permissions, whatever the umask.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, (value + "\n").encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        temporary.replace(target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(state_dir)
+    write_atomic(target, (value + "\n").encode("ascii"), mode=0o600)
     return target
 
 
 def delete_token(state_dir: Path) -> bool:
     """Remove the stored login; True if there was one."""
-    target = state_dir / STORED_TOKEN_NAME
-    try:
-        target.unlink()
-    except FileNotFoundError:
-        return False
-    _fsync_directory(state_dir)
-    return True
+    return remove(state_dir / STORED_TOKEN_NAME)
 
 
 def _token_from(text: str, where: str) -> Secret:
@@ -166,11 +146,3 @@ def _check_private(info: os.stat_result, path: Path, where: str) -> None:
             f"{where}: refused: mode {mode:04o} lets others read or change the token; "
             f"run: chmod 600 {path}"
         )
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from nordwgd.runstate import JOURNAL_NAME, Journal, write_atomic
+from nordwgd.files import write_atomic
+from nordwgd.runstate import JOURNAL_NAME, Journal
 
 LINK = {"step": "link", "ifname": "nordlynx", "backend": "userspace"}
-RULE = {"step": "rule", "family": 4, "priority": 32765, "table": 51820, "fwmark": 51820,
-        "invert": True}
+RULE = {
+    "step": "rule",
+    "family": 4,
+    "priority": 32765,
+    "table": 51820,
+    "fwmark": 51820,
+    "invert": True,
+}
 
 
 def test_a_missing_record_is_an_empty_journal(tmp_path: Path) -> None:
@@ -53,15 +60,19 @@ def test_forget_drops_only_the_newest_equal_step(tmp_path: Path) -> None:
     assert Journal.load(tmp_path).steps == [LINK, RULE]
 
 
-@pytest.mark.parametrize("content", [
-    b"{not json",
-    b"",
-    json.dumps({"version": 99, "steps": []}).encode(),
-    json.dumps({"version": 1, "steps": [{"no": "step"}]}).encode(),
-    json.dumps([1, 2, 3]).encode(),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"",
+        json.dumps({"version": 99, "steps": []}).encode(),
+        json.dumps({"version": 1, "steps": [{"no": "step"}]}).encode(),
+        json.dumps([1, 2, 3]).encode(),
+    ],
+)
 def test_a_corrupt_record_is_moved_aside_and_marked_unknown(
-        tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     (tmp_path / JOURNAL_NAME).write_bytes(content)
     with caplog.at_level(logging.WARNING, logger="nordwgd.runstate"):
         journal = Journal.load(tmp_path)
@@ -83,7 +94,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("nordwgd.runstate.os.fsync", disk_full)
+    monkeypatch.setattr("nordwgd.files.os.fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_atomic(target, b"new", mode=0o600)
     assert target.read_bytes() == b"old"

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from nordwgd.errors import DnsFailed
+from nordwgd.files import write_atomic
 from nordwgd.model import IPAddress
-from nordwgd.runstate import Journal, Step, write_atomic
+from nordwgd.runstate import Journal, Step
 
 log = logging.getLogger(__name__)
 

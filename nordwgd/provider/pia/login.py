@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nordwgd.errors import ConfigError, InvalidArgument, NotLoggedIn
+from nordwgd.files import write_atomic
 from nordwgd.model import Secret
 from nordwgd.redact import register_secret
-from nordwgd.runstate import write_atomic
 from nordwgd.token import _check_private, _read
 
 CREDENTIAL_NAME = "pia-login"

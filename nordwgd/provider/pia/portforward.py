@@ -28,10 +28,10 @@ from pathlib import Path
 
 from nordwgd.config import PortForwardConfig
 from nordwgd.errors import ApiUnavailable
+from nordwgd.files import write_atomic
 from nordwgd.model import Secret
 from nordwgd.provider.pia.api import PiaApi, PortRefused, PortSignature
 from nordwgd.redact import redact, register_secret
-from nordwgd.runstate import write_atomic
 
 log = logging.getLogger(__name__)
 
