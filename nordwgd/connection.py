@@ -111,23 +111,6 @@ class Connection:
                 if all(keep is not None and keep(step) for step in self._journal.steps):
                     self._reset()
 
-    async def switch_peer(self, params: TunnelParams) -> None:
-        """Replace the peer (another server) on the running interface, keeping routes.
-
-        DNS is re-pointed only when the new parameters name other resolvers.
-        """
-        async with self._lock:
-            if not self.is_up or self.interface is None or self._params is None:
-                raise TunnelFailed("cannot switch servers: the tunnel is not up")
-            self._configured_at = time.time()
-            await self._configure_peer(self.interface, params)
-            if params.dns != self._params.dns:
-                for step in reversed(list(self._journal.steps)):
-                    if step["step"] in ("dns", netns_mode.DNS_STEP):
-                        await self._undo_step(self._journal, step)
-                await self._apply_dns(params)
-            self._params = params
-
     async def wait_handshake(self, timeout: float) -> bool:  # noqa: ASYNC109 (pinned API)
         """True once a handshake newer than the peer's configuration came and data arrived."""
         if self.interface is None:

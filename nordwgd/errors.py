@@ -17,8 +17,7 @@ property). The D-Bus layer maps them once, by ``nick``; core code never imports 
     ├── TunnelFailed                  the WireGuard interface or its handshake failed
     ├── RoutingFailed                 routes or rules could not be set or restored
     ├── FirewallFailed                the kill-switch ruleset could not be applied or verified
-    ├── DnsFailed                     DNS could not be set or restored
-    └── Busy                          the request conflicts with one in progress
+    └── DnsFailed                     DNS could not be set or restored
 """
 
 from __future__ import annotations
@@ -130,13 +129,6 @@ class DnsFailed(NordwgdError):
     cause = "dns-failed"
 
 
-class Busy(NordwgdError):
-    """The request conflicts with one that is in progress."""
-
-    nick = "Busy"
-    cause = "busy"
-
-
 ALL_ERRORS: tuple[type[NordwgdError], ...] = (
     NordwgdError,
     ConfigError,
@@ -151,5 +143,4 @@ ALL_ERRORS: tuple[type[NordwgdError], ...] = (
     RoutingFailed,
     FirewallFailed,
     DnsFailed,
-    Busy,
 )

@@ -27,13 +27,6 @@ def register_secret(value: str) -> None:
             _secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
 
 
-def forget_secret(value: str) -> None:
-    """Stop redacting ``value`` (after a logout, so the list does not grow without end)."""
-    global _secrets
-    with _lock:
-        _secrets = tuple(secret for secret in _secrets if secret != value)
-
-
 def redact(text: str) -> str:
     """``text`` with every registered secret replaced."""
     for secret in _secrets:

@@ -92,11 +92,6 @@ def stopping(status_text: str = "") -> bool:
     return notify(message)
 
 
-def reloading() -> bool:
-    """Tell systemd a configuration reload has started."""
-    return notify("RELOADING=1")
-
-
 def watchdog_ping() -> bool:
     """Keep the watchdog from firing; only send when the daemon is known to be alive."""
     return notify("WATCHDOG=1")

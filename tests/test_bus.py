@@ -142,7 +142,6 @@ async def test_connect_refuses_bad_arguments(
         (errors.TunnelFailed("no handshake"), "TunnelFailed"),
         (errors.FirewallFailed("nft"), "FirewallFailed"),
         (errors.DnsFailed("dns"), "DnsFailed"),
-        (errors.Busy("busy"), "Busy"),
     ],
 )
 async def test_manager_errors_keep_their_names(

@@ -410,22 +410,6 @@ def test_an_invalid_peer_key_undoes_the_link(pair: Pair) -> None:
 
 
 @pytest.mark.root
-def test_switch_peer_keeps_the_interface(pair: Pair) -> None:
-    driver = Driver.for_pair(pair)
-    assert driver.send({"op": "up", "params": pair.params()})["ok"]
-    ifindex = driver.send({"op": "stats"})["ifindex"]
-    reply = driver.send({"op": "switch", "params": pair.params(dns=["10.5.0.53"])})
-    assert reply["ok"], reply
-    assert driver.send({"op": "stats"})["ifindex"] == ifindex
-    assert driver.send({"op": "handshake", "timeout": 10})["handshake"] is True
-    assert ping(pair, SERVER_TUNNEL)
-    assert "nameserver 10.5.0.53" in pair.resolv_conf.read_text()
-    assert driver.send({"op": "down"})["ok"]
-    assert pair.resolv_conf.read_text() == "nameserver 192.0.2.53\noptions edns0\n"
-    driver.close()
-
-
-@pytest.mark.root
 def test_netns_resolv_conf_bind_mount_is_written_in_place(pair: Pair) -> None:
     etc = Path("/etc/netns") / pair.client
     etc.mkdir(parents=True)
@@ -524,8 +508,6 @@ async def _serve() -> None:
                 assert connection is not None
                 if op == "up":
                     await connection.up(params_of(command["params"]))
-                elif op == "switch":
-                    await connection.switch_peer(params_of(command["params"]))
                 elif op == "down":
                     await connection.down()
                 elif op == "recover":
