@@ -154,6 +154,17 @@ def test_servers_by_country_and_group(daemon: DaemonProcess, shared_world: World
     assert len(table) == 2
 
 
+def test_groups_as_people_type_them(daemon: DaemonProcess, shared_world: World) -> None:
+    p2p = {spec.hostname for spec in shared_world.specs if "legacy_p2p" in spec.groups}
+    assert p2p, "the world has no P2P server to connect to"
+    out = ok(daemon, "connect", "p2p", "--timeout", str(LIMIT))
+    assert out.strip().endswith(f"connected to {connected_server(daemon)}")
+    assert connected_server(daemon) in p2p
+    ok(daemon, "disconnect")
+    names = [line.split("  ")[0] for line in ok(daemon, "groups").splitlines()[1:]]
+    assert {"P2P", "Double VPN", "Obfuscated Servers"} <= set(names)
+
+
 def test_set_lockdown_blocks_while_disconnected(daemon: DaemonProcess) -> None:
     assert ok(daemon, "set", "lockdown", "on").strip() == "lockdown: on"
     props = status(daemon)
