@@ -87,20 +87,22 @@ _sender: ContextVar[str | None] = ContextVar("nordwgd_dbus_sender", default=None
 
 
 class ServiceBus(MessageBus):
-    """A MessageBus whose method handlers can see who called them (for polkit)."""
+    """A MessageBus whose method handlers can see who called them (for polkit).
 
-    def _make_method_handler(self, interface: Any, method: Any) -> Any:
-        inner = super()._make_method_handler(interface, method)
+    dbus-fast has no public way to hand a method its message. Its public message handlers run
+    for every incoming message before the method is dispatched, in the same call, and the
+    method's coroutine is started there and copies the current context; so the first handler
+    records each message's sender in a context variable that the method reads.
+    """
 
-        def handler(msg: Message, send_reply: Any) -> None:
-            # The coroutine started by ``inner`` copies the current context, sender included.
-            token = _sender.set(msg.sender)
-            try:
-                inner(msg, send_reply)
-            finally:
-                _sender.reset(token)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # First of all handlers: one that answers a message would stop the ones after it.
+        self.add_message_handler(_note_sender)
 
-        return handler
+
+def _note_sender(msg: Message) -> None:
+    _sender.set(msg.sender if msg.message_type is MessageType.METHOD_CALL else None)
 
 
 _S = TypeVar("_S", bound="ManagerInterface")
