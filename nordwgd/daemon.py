@@ -49,7 +49,7 @@ class StartupError(Exception):
     """The daemon cannot start (bus unreachable, name taken); the message says why."""
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nordwgd",
         description="NordVPN NordLynx (WireGuard) daemon with a kill-switch firewall.",
@@ -70,7 +70,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="one of: " + ", ".join(LOG_LEVELS) + " (default: log_level from the config)",
     )
     parser.add_argument("--version", action="version", version=f"nordwgd {__version__}")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def status_line(status: Status) -> str:

@@ -82,7 +82,7 @@ def write_private(path: Path, text: str) -> None:
         raise InvalidArgument(f"cannot write {path}: {error.strerror or error}") from None
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Write a wg-quick configuration for a NordLynx server (mode 0600). "
@@ -101,7 +101,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--output", required=True, type=Path, metavar="FILE", help="the file to write"
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -145,13 +145,23 @@ def _state_dir(document: Mapping[str, object], environ: Mapping[str, str] | None
     return Path(first) if first.startswith("/") else PathsConfig().state_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nordwgd-killswitch",
         description="Block all traffic at boot when nordwgd's lockdown is on.",
     )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH, metavar="PATH")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        metavar="PATH",
+        help=f"config file (default: {DEFAULT_CONFIG_PATH})",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if os.geteuid() != 0:
         print("nordwgd-killswitch: must run as root (it changes the firewall)", file=sys.stderr)
         return EX_NOPERM
