@@ -34,10 +34,13 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("anyio", (4, 10), (5,), "anyio", "abc.SocketStream.from_socket"),
     Requirement("pyroute2", (0, 7, 2), (1,), "pyroute2"),
     Requirement("jinja2", (3, 1), (4,), "jinja2"),
+    Requirement(
+        "cryptography", (38,), (51,), "cryptography", "hazmat.primitives.asymmetric.x25519"
+    ),
 )
 
 # The libraries each command imports; the kill switch needs only the firewall's.
-DAEMON = ("dbus-fast", "httpx", "httpcore", "anyio", "pyroute2", "jinja2")
+DAEMON = ("dbus-fast", "httpx", "httpcore", "anyio", "pyroute2", "jinja2", "cryptography")
 CLI = ("dbus-fast",)
 TRAY = ("dbus-fast",)
 KILLSWITCH = ("jinja2",)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = REPO / "data" / "nordwgd.toml.example"
@@ -57,12 +58,13 @@ def _summary(name: str) -> str:
         "nordwgd-killswitch": "block traffic early in boot when nordwgd's lockdown is on",
         "nordwgctl": "control nordwgd over D-Bus",
         "nordwgd.toml": "configuration of nordwgd",
+        "nordwgd-tray": "tray icon and menu for nordwgd",
     }[name]
 
 
 def _option_label(action: argparse.Action) -> str:
     if not action.option_strings:
-        return f"\\fI{roff(action.metavar or action.dest)}\\fR"
+        return f"\\fI{roff(str(action.metavar or action.dest))}\\fR"
     flags = ", ".join(f"\\fB{roff(flag)}\\fR" for flag in action.option_strings)
     if action.nargs == 0:
         return flags
@@ -112,7 +114,10 @@ def files_section() -> list[str]:
 
 
 def see_also(*pages: str) -> list[str]:
-    return [".SH SEE ALSO", ", ".join(f"\\fB{roff(p.split('(')[0])}\\fR({p.split('(')[1]}" for p in pages)]
+    return [
+        ".SH SEE ALSO",
+        ", ".join(f"\\fB{roff(p.split('(')[0])}\\fR({p.split('(')[1]}" for p in pages),
+    ]
 
 
 def nordwgd_page() -> str:
@@ -189,7 +194,7 @@ def nordwgctl_page() -> str:
         *options(parser),
         ".SH COMMANDS",
     ]
-    for name, command in subcommands(parser):
+    for _name, command in subcommands(parser):
         usage = " ".join(command.format_usage().split()).removeprefix("usage: ")
         lines += [".TP", f"\\fB{roff(usage)}\\fR", roff(_sentence(command.description or ""))]
         arguments = options(command)
@@ -229,7 +234,7 @@ def config_keys(path: Path = EXAMPLE_CONFIG) -> tuple[str, list[tuple[str, str]]
         setting = re.fullmatch(r"#?\s*([a-z_]+)\s*=\s*(.+)", line)
         if not line:
             if not started and comment:
-                intro += comment + [""]
+                intro += [*comment, ""]
                 comment = []
             elif comment and sections and not keys_in(keys, section):
                 sections[-1] = (section, " ".join(comment))
@@ -292,11 +297,57 @@ def config_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Parsed(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+def parser_of(main: Callable[[list[str]], object]) -> argparse.ArgumentParser:
+    """The parser a ``main(argv)`` builds, taken when it parses (nothing else runs)."""
+    original = argparse.ArgumentParser.parse_args
+
+    def grab(self: argparse.ArgumentParser, *args: object, **kwargs: object) -> NoReturn:
+        raise _Parsed(self)
+
+    argparse.ArgumentParser.parse_args = grab  # type: ignore[method-assign]
+    try:
+        main([])
+    except _Parsed as parsed:
+        return parsed.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
+    raise RuntimeError(f"{main} did not parse its arguments")
+
+
+def tray_page() -> str:
+    from nordwgd_tray import __main__ as tray
+
+    parser = parser_of(tray.main)
+    lines = header("nordwgd-tray", 1, "User Commands")
+    lines += synopsis(parser)
+    lines += [
+        ".SH DESCRIPTION",
+        roff(_sentence(parser.description or "")),
+        ".PP",
+        roff(
+            "It starts with the desktop session (/etc/xdg/autostart/nordwgd-tray.desktop) and "
+            "follows nordwgd's state over the system bus; connecting and disconnecting are "
+            "authorized by polkit like nordwgctl(1)."
+        ),
+        ".SH OPTIONS",
+        *options(parser),
+        *see_also("nordwgctl(1)", "nordwgd(8)"),
+    ]
+    return "\n".join(lines) + "\n"
+
+
 PAGES = {
     "nordwgd.8": nordwgd_page,
     "nordwgd-killswitch.8": killswitch_page,
     "nordwgctl.1": nordwgctl_page,
     "nordwgd.toml.5": config_page,
+    "nordwgd-tray.1": tray_page,
 }
 
 

@@ -265,6 +265,7 @@ def _prepare_script(
     masks: Sequence[str],
     enable: Sequence[str],
     nspawn_argv: Sequence[str],
+    lower: Path = Path("/"),
 ) -> str:
     root = base / "root"
     q = shlex.quote
@@ -273,7 +274,7 @@ def _prepare_script(
         f"mount -t tmpfs -o mode=0755 nordwgd-nspawn {q(str(base))}",
         f"mkdir {q(str(base / 'upper'))} {q(str(base / 'work'))} {q(str(root))}",
         "mount -t overlay overlay -o "
-        + q(f"lowerdir=/,upperdir={base / 'upper'},workdir={base / 'work'}")
+        + q(f"lowerdir={lower},upperdir={base / 'upper'},workdir={base / 'work'}")
         + f" {q(str(root))}",
     ]
     if install:
@@ -300,8 +301,14 @@ def boot_container(
     masks: Sequence[str] = DEFAULT_MASKS,
     enable: Sequence[str] = (),
     boot_timeout: float = 60.0,
+    lower: Path = Path("/"),
+    binds: Sequence[str] = (),
 ) -> Iterator[Container]:
     """Boot a container, yield it once systemd is up, always tear it down.
+
+    ``lower`` is the read-only root under the overlay: this machine's ``/`` by default, or a
+    prepared Debian root (the package tests use one with nothing of nordwgd in it, with
+    ``install=False``). ``binds`` are extra read-only binds, "HOST[:CONTAINER]".
 
     ``files`` maps absolute paths inside the container to contents written before boot (for
     example a config, a drop-in or a test unit). ``enable`` names units enabled before boot.
@@ -345,10 +352,11 @@ def boot_container(
             # The working tree (and its .venv) at the same path: the overlay alone hides it when
             # it lies under /tmp, where nspawn mounts a fresh tmpfs.
             f"--bind-ro={REPO_ROOT}",
+            *(f"--bind-ro={bind}" for bind in binds),
             "--console=read-only",
             "systemd.unit=multi-user.target",
         ]
-        script = _prepare_script(base, staging, install, python, masks, enable, nspawn_argv)
+        script = _prepare_script(base, staging, install, python, masks, enable, nspawn_argv, lower)
         nspawn = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL,
