@@ -213,6 +213,35 @@ def nordwgctl_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+def nordwgctl_usage() -> str:
+    """The README's nordwgctl block: each command's usage (as --help prints it) and purpose."""
+    from nordwgd import cli
+
+    lines = []
+    for _name, command in subcommands(cli.build_parser()):
+        usage = " ".join(command.format_usage().split()).removeprefix("usage: ")
+        usage = usage.replace(" [-h]", "")
+        purpose = command.description or ""
+        if len(usage) > 38:
+            lines += [usage, f"{'':<38}  {purpose}".rstrip()]
+        else:
+            lines.append(f"{usage:<38}  {purpose}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def config_table() -> str:
+    """The README's table of config keys: name, default and the first sentence of its comment."""
+    _, _, keys = config_keys()
+    lines = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for key in keys:
+        name = f"{key.section}.{key.name}" if key.section else key.name
+        default = f"`{key.default}`" if key.default is not None else "none"
+        meaning = re.split(r"(?<=[^.])\. (?=[A-Z])", key.text, maxsplit=1)[0].rstrip(".")
+        meaning = meaning.replace("|", "\\|")
+        lines.append(f"| `{name}` | {default} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class ConfigKey:
     section: str  # "" for the top level
@@ -231,7 +260,7 @@ def config_keys(path: Path = EXAMPLE_CONFIG) -> tuple[str, list[tuple[str, str]]
     started = False
     for raw in path.read_text().splitlines():
         line = raw.strip()
-        setting = re.fullmatch(r"#?\s*([a-z_]+)\s*=\s*(.+)", line)
+        setting = re.fullmatch(r"#?\s*([a-z_][a-z_0-9]*)\s*=\s*(.+)", line)
         if not line:
             if not started and comment:
                 intro += [*comment, ""]
@@ -248,12 +277,15 @@ def config_keys(path: Path = EXAMPLE_CONFIG) -> tuple[str, list[tuple[str, str]]
             sections.append((section, ""))
             comment = []
             continue
-        if setting and (not line.startswith("#") or re.fullmatch(r"#\s[a-z_]+ = .+", line)):
+        if setting and (
+            not line.startswith("#") or re.fullmatch(r"#\s[a-z_][a-z_0-9]* = .+", line)
+        ):
             started = True
-            default = None if line.startswith("#") else setting.group(2)
+            value = setting.group(2).split("  #")[0].strip()
+            default = None if line.startswith("#") else value
             text = " ".join(comment)
             if default is None:
-                text = f"{text} Example: {setting.group(1)} = {setting.group(2)}".strip()
+                text = f"{text} Example: {setting.group(1)} = {value}".strip()
             keys.append(ConfigKey(section, setting.group(1), default, text))
             comment = []
             continue
@@ -353,8 +385,22 @@ PAGES = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Write nordwgd's man pages.")
-    parser.add_argument("--output", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--output", type=Path, metavar="DIR")
+    parser.add_argument(
+        "--readme", action="store_true", help="print the README's nordwgctl block instead"
+    )
+    parser.add_argument(
+        "--readme-config", action="store_true", help="print the README's table of config keys"
+    )
     args = parser.parse_args(argv)
+    if args.readme:
+        print(nordwgctl_usage(), end="")
+        return 0
+    if args.readme_config:
+        print(config_table(), end="")
+        return 0
+    if args.output is None:
+        parser.error("--output is required")
     args.output.mkdir(parents=True, exist_ok=True)
     for name, page in PAGES.items():
         (args.output / name).write_text(page())

@@ -179,7 +179,8 @@ def _start_world(box: Container) -> SystemWorld:
         IN_WORLD_DROPIN + "ReadWritePaths=-/etc/netns\n",
     )
     box.run(["systemctl", "daemon-reload"])
-    box.run(["systemctl", "start", WORLD_UNIT], timeout=180)
+    started = box.run(["systemctl", "start", WORLD_UNIT], timeout=180, check=False)
+    assert started.returncode == 0, box.journal(WORLD_UNIT)
     # The world wrote its config (API address, CA, token file) over the shipped one.
     box.run(["systemctl", "restart", DAEMON])
     return SystemWorld(box)
