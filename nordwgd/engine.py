@@ -223,7 +223,11 @@ class SystemEngine:
         await connection.recover(keep_namespace=self._config.network.mode == "namespace")
 
     async def is_online(self) -> bool:
-        return await asyncio.to_thread(_has_route, self._config.api.addresses)
+        if self._pinholes is not None:
+            addresses = tuple(address for address, _ in self._pinholes())
+        else:
+            addresses = self._config.api.addresses
+        return await asyncio.to_thread(_has_route, addresses)
 
 
 def _host_port(text: str) -> tuple[IPAddress, int] | None:

@@ -521,37 +521,20 @@ class Manager:
 
     # -- catalog and API -------------------------------------------------------------------
 
-    def _catalog_loaded(self) -> Catalog:
-        if self._catalog is None:
-            raise NordwgdError("the manager is not started")
-        return self._catalog
-
     async def list_countries(self) -> list[tuple[str, str, str]]:
         """(code, name, id) of each place to connect to: NordVPN's countries, PIA's regions."""
-        if self._config.provider == "pia":
-            from nordwgd.provider.pia.provider import PiaPlanner
-
-            _, pia = self._running()
-            assert isinstance(pia, PiaPlanner)
-            listing = await pia.region_list()
-            regions = sorted(listing.regions, key=lambda r: r.name)
-            return [(r.country, r.name, r.id) for r in regions if not r.offline]
-        countries = self._catalog_loaded().countries
-        return [(c.code, c.name, str(c.id)) for c in sorted(countries, key=lambda c: c.name)]
+        _, provider = self._running()
+        return await provider.countries()
 
     async def list_cities(self, country: str, /) -> list[tuple[str, str]]:
         if not isinstance(country, str):
             raise InvalidArgument("country must be a string")
-        if self._config.provider != "nordvpn":
-            return []  # PIA's places are its regions (ListCountries)
-        found = self._catalog_loaded().resolve_country(country)
-        return [(city.name, str(city.id)) for city in sorted(found.cities, key=lambda c: c.name)]
+        _, provider = self._running()
+        return await provider.cities(country)
 
     async def list_groups(self) -> list[tuple[str, str]]:
-        if self._config.provider != "nordvpn":
-            return []  # PIA has no server groups
-        groups = self._catalog_loaded().groups
-        return [(g.identifier, g.title) for g in sorted(groups, key=lambda g: g.title)]
+        _, provider = self._running()
+        return await provider.groups()
 
     async def list_servers(self, filter: Mapping[str, object], /) -> list[dict[str, object]]:
         _, planner = self._running()
@@ -581,15 +564,8 @@ class Manager:
         }
 
     async def _public_address(self, *, through_tunnel: bool) -> dict[str, object]:
-        if not through_tunnel:
-            return await diagnose.public_address(self._api.insights)
-        # Unmarked, like the user's traffic: the address the world sees through the tunnel.
-        # (The daemon's own client is marked and would report the uplink's address.)
-        tunnelled = NordVpnApi(self._config.api)
-        try:
-            return await diagnose.public_address(tunnelled.insights)
-        finally:
-            await tunnelled.aclose()
+        _, provider = self._running()
+        return await provider.public_address(through_tunnel=through_tunnel)
 
     async def diagnose(self, mode: str, /) -> dict[str, object]:
         if not isinstance(mode, str):
@@ -601,9 +577,9 @@ class Manager:
             "state": status.state.value,
             "provider": self._config.provider,
         }
-        if self._config.provider != "nordvpn":
+        if status.forwarded_port:
             report["forwarded_port"] = status.forwarded_port
-        else:
+        if self._planner is not None:
             connected = status.state == State.CONNECTED
             hostname = status.server.hostname if status.server is not None else ""
             report.update(

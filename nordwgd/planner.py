@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from nordwgd import diagnose
 from nordwgd.catalog import Catalog
 from nordwgd.config import Config
 from nordwgd.errors import InvalidArgument, NordwgdError, NoServer, NotLoggedIn, UnknownLocation
@@ -246,6 +247,30 @@ class Planner:
 
     async def aclose(self) -> None:
         await self._api.aclose()
+
+    async def countries(self) -> list[tuple[str, str, str]]:
+        countries = self._catalog.countries
+        return [(c.code, c.name, str(c.id)) for c in sorted(countries, key=lambda c: c.name)]
+
+    async def cities(self, country: str) -> list[tuple[str, str]]:
+        found = self._catalog.resolve_country(country)
+        return [(city.name, str(city.id)) for city in sorted(found.cities, key=lambda c: c.name)]
+
+    async def groups(self) -> list[tuple[str, str]]:
+        groups = self._catalog.groups
+        return [(g.identifier, g.title) for g in sorted(groups, key=lambda g: g.title)]
+
+    async def public_address(self, *, through_tunnel: bool) -> dict[str, object]:
+        """What the API sees of this host (Diagnose): address, location, protected or not."""
+        if not through_tunnel:
+            return await diagnose.public_address(self._api.insights)
+        # Unmarked, like the user's traffic: the address the world sees through the tunnel.
+        # (The daemon's own client is marked and would report the uplink's address.)
+        tunnelled = NordVpnApi(self._config.api)
+        try:
+            return await diagnose.public_address(tunnelled.insights)
+        finally:
+            await tunnelled.aclose()
 
     async def refresh(self) -> None:
         """Forget cached server data and failures; fetch fresh credentials when logged in."""

@@ -48,4 +48,14 @@ class Provider(Protocol):
 
     async def servers(self, options: Mapping[str, object], limit: int) -> list[Server]: ...
 
+    async def countries(self) -> list[tuple[str, str, str]]:
+        """(code, name, id) of the places to connect to (NordVPN: countries; PIA: regions)."""
+
+    async def cities(self, country: str) -> list[tuple[str, str]]: ...
+
+    async def groups(self) -> list[tuple[str, str]]: ...
+
+    async def public_address(self, *, through_tunnel: bool) -> dict[str, object]:
+        """What Diagnose("basic") reports of the address the Internet sees."""
+
     async def aclose(self) -> None: ...

@@ -107,6 +107,7 @@ class PiaPlanner:
             )
         )
         self.forwarding: ForwardingHost | None = None
+        self._serving: tuple[str, IPv4Address] | None = None  # the last server addKey took
 
     @property
     def api(self) -> PiaApi:
@@ -345,6 +346,7 @@ class PiaPlanner:
             "attempt %d: PIA %s (%s) for %s", attempt, server.cn, region.name, target.describe()
         )
         self.forwarding = ForwardingHost(answer.server_vip, server.cn)
+        self._serving = (server.cn, answer.server_ip)
         return self._params(region, server, private, answer)
 
     def _params(
@@ -387,6 +389,24 @@ class PiaPlanner:
         await self.region_list(refresh=True)
         if await asyncio.to_thread(login.load_login, self._state_dir, self._credentials_dir):
             await self.token(renew=True)
+
+    async def countries(self) -> list[tuple[str, str, str]]:
+        listing = await self.region_list()
+        ordered = sorted(listing.regions, key=lambda region: region.name)
+        return [(r.country, r.name, r.id) for r in ordered if not r.offline]
+
+    async def cities(self, country: str) -> list[tuple[str, str]]:
+        return []  # a PIA region is one place; the regions are the countries
+
+    async def groups(self) -> list[tuple[str, str]]:
+        return []  # PIA has no server groups
+
+    async def public_address(self, *, through_tunnel: bool) -> dict[str, object]:
+        """PIA has no "what is my address" service: through the tunnel it is the server's."""
+        if not through_tunnel or self._serving is None:
+            return {"public_ip": ""}
+        cn, address = self._serving
+        return {"public_ip": str(address), "server": cn}
 
     async def servers(self, options: Mapping[str, object], limit: int) -> list[Server]:
         """The WireGuard servers of the regions a filter names (all regions without one)."""
