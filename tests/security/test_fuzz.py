@@ -437,7 +437,7 @@ def test_property_values_have_their_signature(tried: Counter, name: str, value: 
     try:
         converted = convert.property_value(name, value)
     except (TypeError, ValueError):
-        assert convert.PROPERTY_SIGNATURES[name] in ("a{sv}", "t", "q")
+        assert convert.PROPERTY_SIGNATURES[name] in ("a{sv}", "aa{sv}", "t", "q")
         return
     Variant(convert.PROPERTY_SIGNATURES[name], converted)  # raises if the value does not fit
 
