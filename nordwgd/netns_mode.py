@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from nordwgd.errors import DnsFailed, TunnelFailed
@@ -55,9 +55,10 @@ async def create(journal: Journal, name: str) -> None:
             f"a network namespace named {name} exists already; refusing to take it over "
             "(remove it or choose another [network] namespace)"
         )
-    await asyncio.to_thread(journal.record, {"step": NAMESPACE_STEP, "name": name})
+    step = {"step": NAMESPACE_STEP, "name": name}
+    await asyncio.to_thread(journal.record, step)
     log.info("[#] ip netns add %s", name)
-    await _ip("netns", "add", name)
+    await _unrecorded_on_failure(journal, step, _ip("netns", "add", name))
     await _ip("-n", name, "link", "set", "lo", "up")
 
 
@@ -65,9 +66,11 @@ async def adopt_link(
     journal: Journal, name: str, ifname: str, params: TunnelParams, *, mtu: int
 ) -> None:
     """Move ``ifname`` into the namespace and make it the namespace's only way out."""
-    await asyncio.to_thread(journal.record, {"step": LINK_STEP, "name": name, "ifname": ifname})
+    step = {"step": LINK_STEP, "name": name, "ifname": ifname}
+    await asyncio.to_thread(journal.record, step)
     log.info("[#] ip link set %s netns %s", ifname, name)
-    await _ip("link", "set", ifname, "netns", name)
+    # Refused when the namespace has a link of that name already: that one is not ours.
+    await _unrecorded_on_failure(journal, step, _ip("link", "set", ifname, "netns", name))
     address = params.address
     family = "-6" if address.version == 6 else "-4"
     log.info("[#] ip -n %s address add %s dev %s; ip -n %s link set %s mtu %d up",
@@ -76,6 +79,17 @@ async def adopt_link(
     await _ip("-n", name, "link", "set", ifname, "mtu", str(mtu), "up")
     log.info("[#] ip -n %s %s route add default dev %s", name, family, ifname)
     await _ip("-n", name, family, "route", "add", "default", "dev", ifname)
+
+
+async def _unrecorded_on_failure(journal: Journal, step: Step, change: Awaitable[None]) -> None:
+    """Make ``change``, recorded before it (a killed process leaves the record); when ``ip``
+    refuses it, it did not happen, and the record goes so that no undo touches what others
+    made. (A cancelled wait keeps the record: ``ip`` may have done it.)"""
+    try:
+        await change
+    except TunnelFailed:
+        await asyncio.to_thread(journal.forget, step)
+        raise
 
 
 async def write_dns(journal: Journal, name: str, servers: Sequence[IPAddress]) -> None:

@@ -133,20 +133,21 @@ def _apply_steps(journal: Journal, steps: Sequence[Step]) -> None:
             changes.append(({"step": "sysctl", "key": step["key"], "old": old}, step))
         else:
             changes.append((step, step))
-    # One write records every change before any is made: undoing a route or rule that is not
-    # there is no error, and restoring a sysctl that was not changed writes its own value.
+    # One write records every change before any is made, so that a process killed between
+    # two changes leaves a record of each (undoing a route or rule that is not there is no
+    # error, and restoring a sysctl that was not changed writes its own value).
     journal.record_all([recorded for recorded, _ in changes])
-    attempted = 0
+    made = 0
     try:
         with IPRoute() as ipr:
             for recorded, step in changes:
-                attempted += 1
                 _make(ipr, recorded, step)
+                made += 1
     except BaseException:
-        # The record keeps exactly what was attempted, the failed change included (a step
-        # left over by a failed write is harmless: its undo finds nothing to do).
+        # The record keeps exactly what was made. A change that failed did not happen, and
+        # its undo could remove what someone else made (an equal route or rule: EEXIST).
         with contextlib.suppress(OSError):
-            for recorded, _ in reversed(changes[attempted:]):
+            for recorded, _ in reversed(changes[made:]):
                 journal.forget(recorded)
         raise
 

@@ -380,6 +380,24 @@ def test_recover_leaves_a_link_that_took_the_name_after_ours_went(pair: Pair) ->
 
 
 @pytest.mark.root
+def test_a_failed_routing_step_leaves_what_others_made(pair: Pair) -> None:
+    # The rule wg-quick makes for its own tunnel, at the priority nordwgd uses too: adding
+    # nordwgd's equal rule fails (EEXIST), and undoing must not remove wg-quick's.
+    rule = ("priority", "32764", "from", "all", "lookup", "main", "suppress_prefixlength", "0")
+    run("ip", "-n", pair.client, "-4", "rule", "add", *rule)
+    before = pair.snapshot()
+    driver = Driver.for_pair(pair)
+    reply = driver.send({"op": "up", "params": pair.params()})
+    assert not reply["ok"] and reply["error"] == "RoutingFailed", reply
+    assert "32764:\tfrom all lookup main suppress_prefixlength 0" in in_ns(
+        pair.client, "ip", "-4", "rule"
+    ), "the other program's rule was removed"
+    assert pair.snapshot() == before
+    assert not (pair.runtime_dir / "connection.json").exists()
+    driver.close()
+
+
+@pytest.mark.root
 def test_a_dns_failure_undoes_the_steps_before_it(pair: Pair) -> None:
     unwritable = pair.tmp / "missing-dir" / "resolv.conf"
     pair.resolv_conf = unwritable
