@@ -146,6 +146,8 @@ def property_value(name: str, value: object) -> Any:
     if signature == "aa{sv}":
         if not isinstance(value, list | tuple):
             raise TypeError(f"property {name} must be a list, not {type(value).__name__}")
+        if not all(isinstance(item, Mapping) for item in value):
+            raise TypeError(f"property {name} must be a list of mappings")
         return [to_vardict(item) for item in value]
     if signature == "a{sv}":
         if value is None:
