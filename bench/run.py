@@ -25,6 +25,7 @@ from bench import (
     bench_failover,
     bench_firewall,
     bench_lookups,
+    bench_split,
 )
 
 # (figure, key in the results, unit, target, lower is better)
@@ -48,6 +49,11 @@ ROWS: tuple[tuple[str, str, str, float, bool], ...] = (
     ("catalog: parse+rank 6,000 servers", "catalog.total_ms_median", "ms", 200, True),
     ("ListServers by name: loop stall now / before", "lookups.stall_ratio", "x", 1.0, True),
     ("50 callers at once: shared / unshared", "lookups.callers_ratio", "x", 0.1, True),
+    ("split: throughput, sibling / no table", "split.throughput_ratio_sibling", "x", 0.95, False),
+    ("split: throughput, excluded / no table", "split.throughput_ratio_excluded", "x", 0.9,
+     False),
+    ("split: TCP connect, sibling / no table", "split.connect_ratio_sibling", "x", 1.2, True),
+    ("split: TCP connect, excluded / no table", "split.connect_ratio_excluded", "x", 1.3, True),
 )  # fmt: skip
 
 
@@ -100,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("catalog", lambda: bench_catalog.run(repeats=3 if quick else 7)),
         ("lookups", lambda: bench_lookups.run(repeats=3 if quick else 5)),
+        ("split", lambda: bench_split.run(rounds=2 if quick else 5)),
         ("firewall", _firewall),
         ("connect", lambda: bench_connect.run(runs=2 if quick else 5)),
         ("failover", lambda: bench_failover.run(runs=1 if quick else 3)),

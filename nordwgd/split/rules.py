@@ -73,6 +73,17 @@ def render(policy: SplitPolicy) -> str:
             f"\t\tct mark {ct} {family} daddr != {{ {local}, {', '.join(chosen)} }} "
             f"meta l4proto {{ tcp, udp }} th dport 53 dnat {family} to {chosen[0]}\n"
         )
+    # No resolvers, no chain: a nat chain on a hook costs every new connection a lookup.
+    dns_chain = (
+        (
+            "\tchain excluded_dns {\n"
+            "\t\ttype nat hook output priority -100; policy accept;\n"
+            + "".join(dns_rules)
+            + "\t}\n\n"
+        )
+        if dns_rules
+        else ""
+    )
     return (
         _REMOVE
         + f"table inet {TABLE} {{\n"
@@ -86,10 +97,7 @@ def render(policy: SplitPolicy) -> str:
         + "\t\ttype filter hook prerouting priority mangle; policy accept;\n"
         + f"\t\tct mark {ct} meta mark set {mark}\n"
         + "\t}\n\n"
-        + "\tchain excluded_dns {\n"
-        + "\t\ttype nat hook output priority -100; policy accept;\n"
-        + "".join(dns_rules)
-        + "\t}\n\n"
+        + dns_chain
         + "\tchain excluded_nat {\n"
         + "\t\ttype nat hook postrouting priority srcnat; policy accept;\n"
         + f'\t\tct mark {ct} oifname != {{ "lo", {tunnel} }} masquerade\n'

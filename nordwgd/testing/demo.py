@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
+from nordwgd.split import cgroups
 from nordwgd.testing.fleet import country_record
 from nordwgd.testing.leakmonitor import TABLE as LEAK_TABLE
 from nordwgd.testing.netns import NETNS_PREFIX, cleanup_run, list_netns
@@ -53,6 +54,15 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _SAFE_WORD = re.compile(r"^[\w$@%+=:,./-]+$")
+
+
+def _empty_cgroup(directory: Path) -> None:
+    """Move what is left in ``directory`` (a cgroup) to its parent, so it can be removed."""
+    procs = directory / "cgroup.procs"
+    if procs.exists():
+        for pid in procs.read_text().split():
+            with contextlib.suppress(OSError):
+                (directory.parent / "cgroup.procs").write_text(pid)
 
 
 class DemoFailed(Exception):
@@ -251,6 +261,7 @@ class Demo:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.namespaces: list[str] = []
         self.failures: list[str] = []
+        self.excluded_cgroup: Path | None = None  # made by the user in --keep, removed here
         self.shell.define("DEMO", str(self.directory))
         ctl = Path(self.shell.bin_dir) / "nordwgctl"
         self.python = Path(sys.executable).name  # found first on the children's PATH
@@ -409,13 +420,20 @@ class Demo:
         extra: dict[str, Any] = {}
         if self.provider == "pia":
             extra["port_forward"] = {"enabled": True}
+        # A slice name of this run: its cgroup is global to the machine.
+        excluded = f"nwgdemo{self.world.id}-excluded.slice"
+        extra["split"] = {"excluded_slice": excluded}
         config = self.world.write_config(self.directory / "nordwgd.toml", log_level="info", **extra)
+        hierarchy = cgroups.detect()
+        if hierarchy is not None:
+            self.excluded_cgroup = hierarchy.mount / cgroups.slice_path(excluded)
+            self.shell.define("EXCLUDED", str(self.excluded_cgroup))
         self.shell.run(["cat", "$DEMO/nordwgd.toml"])
+        # nsenter rather than ip netns exec: the daemon keeps the machine's /sys and so sees
+        # the cgroup hierarchy it matches excluded apps in.
         argv = [
-            "ip",
-            "netns",
-            "exec",
-            "$HOST",
+            "nsenter",
+            "--net=/run/netns/$HOST",
             self.python,
             "-m",
             "nordwgd",
@@ -426,7 +444,7 @@ class Demo:
         out.command(f"DBUS_SYSTEM_BUS_ADDRESS=$BUS {shown} >$DEMO/nordwgd.log 2>&1 &")
         env = dict(self.shell.env, DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
         real = [self.shell.expand(word) for word in argv]
-        real[4] = sys.executable
+        real[2] = sys.executable
         assert Path(self.shell.expand("$DEMO/nordwgd.toml")) == config
         with self.log_path.open("ab") as log:
             # Its own session: a Ctrl-C at the terminal must not stop it before the teardown.
@@ -715,6 +733,7 @@ class Demo:
             self.nordwgctl("disconnect"),
             self.host("curl", "-sS", f"http://{self.world.web_address if self.world else ''}/"),
             self.host("nft", "list", "table", "inet", "nordwgd"),
+            self.nordwgctl("exclude", "--list"),
             ["busctl", "--address=$BUS", "introspect", BUS_NAME, OBJECT_PATH],
             ["busctl", "--address=$BUS", "get-property", BUS_NAME, OBJECT_PATH, INTERFACE, "State"],
             ["busctl", "--address=$BUS", "--match=sender=" + BUS_NAME, "monitor"],
@@ -776,6 +795,16 @@ class Demo:
             return
         cleanup_run(self.world.id)
         shutil.rmtree(Path("/etc/netns") / self.world.host_ns, ignore_errors=True)
+        if self.excluded_cgroup is not None:
+            # The slice cgroup a user may have made while trying split tunnelling (--keep);
+            # its processes ended with the world's namespaces or are moved out first.
+            children = []
+            with contextlib.suppress(OSError):
+                children = [p for p in self.excluded_cgroup.iterdir() if p.is_dir()]
+            for directory in (*children, self.excluded_cgroup, self.excluded_cgroup.parent):
+                with contextlib.suppress(OSError):
+                    _empty_cgroup(directory)
+                    directory.rmdir()
 
     def leftovers(self) -> list[str]:
         found: list[str] = []
