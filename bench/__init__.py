@@ -33,6 +33,7 @@ OBJECT_PATH = "/org/nordwgd/Nordwgd1"
 MANAGER = "org.nordwgd.Nordwgd1.Manager"
 PROPERTIES = "org.freedesktop.DBus.Properties"
 
+
 def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -10,8 +10,13 @@ cgroup path. Variants, measured alternately in every round:
     excluded        the table; the sender is in the slice (match, marks, re-route, masquerade)
     sibling_12      the table as written inside a cgroup namespace (the match at 12 levels)
 
-Figures are medians over rounds (the order of the variants rotates every round), and ratios
-to ``none`` from the same run.
+Each round runs every variant once (one 256 MB transfer, 1000 connects; the order rotates every
+round); figures are medians over the rounds and ratios of those medians to ``none``, with the
+interquartile range of the same ratio taken round by round as a measure of the noise.
+Wall-clock figures (Gbit/s, µs per connect) move with the machine's load; the CPU time the
+sending or connecting process spends (netfilter's output hooks run in its system calls) moves
+much less, so the CPU ratios are the figures to read.
+
 Run as root: ``.venv/bin/python bench/bench_split.py``.
 """
 
@@ -33,8 +38,8 @@ PYTHON = sys.executable
 SERVER = "192.168.231.1"
 CLIENT = "192.168.231.2"
 PORT = 5202
-TRANSFER_MB = 128
-CONNECTS = 300
+TRANSFER_MB = 256
+CONNECTS = 1000
 VARIANTS = ("none", "sibling", "excluded", "sibling_12")
 
 RECEIVER = """
@@ -55,12 +60,17 @@ print(f"{total} {time.perf_counter() - (start or time.perf_counter())}", flush=T
 """
 
 SENDER = """
-import socket, sys
+import resource, socket, sys
 sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
 block = b"x" * (1 << 18)
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+start = cpu()
 for _ in range(int(sys.argv[3]) * 4):
     sock.sendall(block)
 sock.close()
+print(cpu() - start)
 """
 
 ACCEPTOR = """
@@ -73,14 +83,19 @@ while True:
 """
 
 CONNECTOR = """
-import socket, statistics, sys, time
+import resource, socket, statistics, sys, time
+def cpu():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 times = []
-for _ in range(int(sys.argv[3])):
+count = int(sys.argv[3])
+start_cpu = cpu()
+for _ in range(count):
     start = time.perf_counter()
     sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
     times.append(time.perf_counter() - start)
     sock.close()
-print(statistics.median(times) * 1e6)
+print(statistics.median(times) * 1e6, (cpu() - start_cpu) / count * 1e6)
 """
 
 
@@ -146,28 +161,35 @@ def _started(argv: list[str]) -> subprocess.Popen[str]:
     return process
 
 
-def _throughput(client: str, server: str, match: cgroups.CgroupMatch, inside: bool) -> float:
+def _throughput(
+    client: str, server: str, match: cgroups.CgroupMatch, inside: bool
+) -> tuple[float, float]:
+    """(Gbit/s seen by the receiver, sender CPU seconds per GB)."""
     receiver = _started(["ip", "netns", "exec", server, PYTHON, "-c", RECEIVER, SERVER, str(PORT)])
     try:
         sender = [PYTHON, "-c", SENDER, SERVER, str(PORT), str(TRANSFER_MB)]
-        _run(*_in_client(client, match, inside, sender))
+        cpu = float(_run(*_in_client(client, match, inside, sender)))
         line, _ = receiver.communicate(timeout=60)
     finally:
         if receiver.poll() is None:
             receiver.kill()
             receiver.wait()
     total, elapsed = line.split()
-    return int(total) * 8 / float(elapsed) / 1e9
+    return int(total) * 8 / float(elapsed) / 1e9, cpu / (int(total) / 1e9)
 
 
-def _connect_us(client: str, match: cgroups.CgroupMatch, inside: bool) -> float:
+def _connect_us(client: str, match: cgroups.CgroupMatch, inside: bool) -> tuple[float, float]:
+    """(median wall µs per TCP connect, CPU µs per connect and close)."""
     connector = [PYTHON, "-c", CONNECTOR, SERVER, str(PORT + 1), str(CONNECTS)]
-    return float(_run(*_in_client(client, match, inside, connector)))
+    wall, cpu = _run(*_in_client(client, match, inside, connector)).split()
+    return float(wall), float(cpu)
 
 
-def run(rounds: int = 3) -> dict[str, float]:
-    throughput: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    connect: dict[str, list[float]] = {v: [] for v in VARIANTS}
+def run(rounds: int = 9) -> dict[str, float]:
+    series: dict[str, dict[str, list[float]]] = {
+        name: {v: [] for v in VARIANTS}
+        for name in ("gbit_s", "cpu_s_per_gb", "connect_us", "connect_cpu_us")
+    }
     with _setup() as (client, server, match):
         acceptor = _started(
             ["ip", "netns", "exec", server, PYTHON, "-c", ACCEPTOR, SERVER, str(PORT + 1)]
@@ -181,22 +203,27 @@ def run(rounds: int = 3) -> dict[str, float]:
                     table = {"none": None, "sibling_12": twelve}.get(variant, match)
                     _load(client, table)
                     inside = variant == "excluded"
-                    throughput[variant].append(_throughput(client, server, match, inside))
-                    connect[variant].append(_connect_us(client, match, inside))
+                    gbit, cpu = _throughput(client, server, match, inside)
+                    series["gbit_s"][variant].append(gbit)
+                    series["cpu_s_per_gb"][variant].append(cpu)
+                    wall, cpu = _connect_us(client, match, inside)
+                    series["connect_us"][variant].append(wall)
+                    series["connect_cpu_us"][variant].append(cpu)
         finally:
             acceptor.kill()
             acceptor.wait()
-    result: dict[str, float] = {}
-    for variant in VARIANTS:
-        result[f"gbit_s_{variant}"] = round(statistics.median(throughput[variant]), 2)
-        result[f"connect_us_{variant}"] = round(statistics.median(connect[variant]), 1)
-    for variant in VARIANTS[1:]:
-        result[f"throughput_ratio_{variant}"] = round(
-            result[f"gbit_s_{variant}"] / result["gbit_s_none"], 3
-        )
-        result[f"connect_ratio_{variant}"] = round(
-            result[f"connect_us_{variant}"] / result["connect_us_none"], 3
-        )
+    result: dict[str, float] = {"rounds": rounds}
+    for name, values in series.items():
+        for variant in VARIANTS:
+            result[f"{name}_{variant}"] = round(statistics.median(values[variant]), 3)
+        for variant in VARIANTS[1:]:
+            # the ratio of the medians; the spread of the same ratio taken round by round
+            # shows how much the machine's other work moved it
+            ratio = statistics.median(values[variant]) / statistics.median(values["none"])
+            result[f"{name}_ratio_{variant}"] = round(ratio, 3)
+            per_round = [a / b for a, b in zip(values[variant], values["none"], strict=True)]
+            low, _, high = statistics.quantiles(per_round, n=4)
+            result[f"{name}_ratio_{variant}_iqr"] = round(high - low, 3)
     return result
 
 

@@ -49,11 +49,15 @@ ROWS: tuple[tuple[str, str, str, float, bool], ...] = (
     ("catalog: parse+rank 6,000 servers", "catalog.total_ms_median", "ms", 200, True),
     ("ListServers by name: loop stall now / before", "lookups.stall_ratio", "x", 1.0, True),
     ("50 callers at once: shared / unshared", "lookups.callers_ratio", "x", 0.1, True),
-    ("split: throughput, sibling / no table", "split.throughput_ratio_sibling", "x", 0.95, False),
-    ("split: throughput, excluded / no table", "split.throughput_ratio_excluded", "x", 0.9,
-     False),
-    ("split: TCP connect, sibling / no table", "split.connect_ratio_sibling", "x", 1.2, True),
-    ("split: TCP connect, excluded / no table", "split.connect_ratio_excluded", "x", 1.3, True),
+    ("split: sender CPU per GB, sibling / no table", "split.cpu_s_per_gb_ratio_sibling", "x",
+     1.05, True),
+    ("split: sender CPU per GB, excluded / no table", "split.cpu_s_per_gb_ratio_excluded", "x",
+     1.1, True),
+    ("split: CPU per TCP connect, sibling / no table", "split.connect_cpu_us_ratio_sibling",
+     "x", 1.1, True),
+    ("split: CPU per TCP connect, excluded / no table", "split.connect_cpu_us_ratio_excluded",
+     "x", 1.2, True),
+    ("split: throughput, sibling / no table", "split.gbit_s_ratio_sibling", "x", 0.95, False),
 )  # fmt: skip
 
 
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("catalog", lambda: bench_catalog.run(repeats=3 if quick else 7)),
         ("lookups", lambda: bench_lookups.run(repeats=3 if quick else 5)),
-        ("split", lambda: bench_split.run(rounds=2 if quick else 5)),
+        ("split", lambda: bench_split.run(rounds=4 if quick else 9)),
         ("firewall", _firewall),
         ("connect", lambda: bench_connect.run(runs=2 if quick else 5)),
         ("failover", lambda: bench_failover.run(runs=1 if quick else 3)),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import sys
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any
@@ -107,12 +108,30 @@ def test_bridge_patterns() -> None:
             bridges.check_patterns((bad,))
 
 
-def test_bridges_present_reads_sys(tmp_path: Path) -> None:
-    for name, is_bridge in (("docker0", True), ("br-1", True), ("eth0", False), ("lan0", True)):
-        (tmp_path / name).mkdir()
-        if is_bridge:
-            (tmp_path / name / "bridge").mkdir()
-    assert bridges.present(bridges.DEFAULT_BRIDGES, tmp_path) == ("br-1", "docker0")
+def test_bridges_present_are_bridges_that_match() -> None:
+    links = [("docker0", "bridge"), ("br-1", "bridge"), ("eth0", "veth"), ("lan0", "bridge"),
+             ("virbr0-nic", "tun"), ("lo", "")]  # fmt: skip
+    assert bridges.present(bridges.DEFAULT_BRIDGES, links) == ("br-1", "docker0")
+
+
+@pytest.mark.root
+def test_bridges_present_reads_this_namespace() -> None:
+    name = f"nwgt-br{secrets.token_hex(2)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        code = (
+            "from nordwgd.split import bridges; "
+            "print(','.join(bridges.present(('docker0', 'br-*'))))"
+        )
+        subprocess.run(["ip", "-n", name, "link", "add", "docker0", "type", "bridge"], check=True)
+        # nsenter keeps the machine's /sys: the answer must still be this namespace's links
+        seen = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{name}", sys.executable, "-c", code],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert seen == "docker0"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 def test_config_split_section(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ rules were loaded is covered without loading them again. ``[split] bridges`` rep
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from collections.abc import Iterable
+from typing import Any
 
 from nordwgd.errors import InvalidArgument
 
@@ -16,7 +17,6 @@ from nordwgd.errors import InvalidArgument
 # cni-podman0 with CNI), libvirt (virbr0, virbr1, ...)
 DEFAULT_BRIDGES: tuple[str, ...] = ("br-*", "cni-podman*", "docker0", "podman*", "virbr*")
 _PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,15}\*?")
-_SYS_NET = Path("/sys/class/net")
 
 
 def check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -37,12 +37,32 @@ def matches(name: str, patterns: tuple[str, ...]) -> bool:
     )
 
 
-def present(patterns: tuple[str, ...], sys_net: Path = _SYS_NET) -> tuple[str, ...]:
-    """The bridges of this network namespace's view of /sys that ``patterns`` match."""
-    try:
-        names = sorted(entry.name for entry in sys_net.iterdir())
-    except OSError:
-        return ()
+def present(
+    patterns: tuple[str, ...], links: Iterable[tuple[str, str]] | None = None
+) -> tuple[str, ...]:
+    """The bridges of this network namespace that ``patterns`` match, sorted.
+
+    ``links`` is (name, kind) of every link; read over netlink when not given (not from
+    /sys/class/net, which shows the namespace that mounted /sys, not necessarily ours).
+    """
+    if links is None:
+        links = _links()
     return tuple(
-        name for name in names if (sys_net / name / "bridge").is_dir() and matches(name, patterns)
+        sorted(name for name, kind in links if kind == "bridge" and matches(name, patterns))
     )
+
+
+def _links() -> list[tuple[str, str]]:
+    from pyroute2 import IPRoute, NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            return [(str(link.get_attr("IFLA_IFNAME")), _kind(link)) for link in ipr.get_links()]
+    except (OSError, NetlinkError):
+        return []
+
+
+def _kind(link: Any) -> str:
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    return str(kind or "")
