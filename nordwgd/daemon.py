@@ -168,7 +168,11 @@ async def watch_network(
 async def serve_split_tunnel(
     bus: ServiceBus, manager: DaemonManager, config: Config
 ) -> SplitControl | None:
-    """Export the SplitTunnel interface and make the excluded slice (when there is one)."""
+    """Export the SplitTunnel interface (when the engine has an excluded slice).
+
+    The slice is not made here: the first exclusion makes it (systemd starts a scope's slice),
+    so a host that excludes nothing carries no split rules at all.
+    """
     excluded = manager.excluded_apps()
     if excluded is None:
         return None
@@ -181,7 +185,6 @@ async def serve_split_tunnel(
         lambda: list(bridges.present(config.split.bridges)),
         network.namespace if network.mode == "namespace" else "",
     )
-    await split.start()
     return split
 
 

@@ -52,8 +52,9 @@ def test_exclude_command_and_unit_through_systemd(
     host = host_address(box, world)
     in_host = ["ip", "netns", "exec", world.host_ns]
 
-    # The daemon made the slice at start; systemd, not the test, owns its cgroup.
-    assert box.unit_property("nordwgd-excluded.slice", "ActiveState") == "active"
+    # Nothing excluded yet: no slice, no split rules (and so no cost for anyone).
+    assert box.unit_property("nordwgd-excluded.slice", "ActiveState") == "inactive"
+    assert "nordwgd_split" not in world.host(["nft", "list", "tables"])
     # A sibling goes through the tunnel.
     assert box.run([*in_host, "curl", "-sS", "--max-time", "10", web]).stdout.strip() in stations
 
@@ -63,6 +64,8 @@ def test_exclude_command_and_unit_through_systemd(
     shown = box.run([*in_host, "nordwgctl", "exclude", "--", "sh", "-c", script]).stdout
     assert f"/{SLICE_PATH}/nordwgd-excluded-" in shown, shown
     assert shown.splitlines()[-1] == host, shown
+    # systemd made the slice for the scope; it, not the test, owns the cgroup.
+    assert box.unit_property("nordwgd-excluded.slice", "ActiveState") == "active"
 
     # Another user may not exclude anything (configure is for administrators), nor put a
     # process into the slice through systemd itself, nor by writing the cgroup.

@@ -67,19 +67,6 @@ class SplitControl:
         """The units in the excluded slice now."""
         return list(self._excluded.units())
 
-    async def start(self) -> None:
-        """Make the slice (best effort), so that its rules are in force before anything joins."""
-        if not self._excluded.enabled:
-            return
-        try:
-            await self._manager_call("StartUnit", "ss", [self.slice_name, "replace"])
-            await self._wait(lambda: self._excluded.match() is not None, "the slice")
-        except (SplitFailed, InvalidArgument) as error:
-            # Not fatal: the watcher loads the rules when the slice appears later.
-            log.info("split tunnel: cannot start %s now: %s", self.slice_name, error)
-            return
-        await self._excluded.sync()
-
     async def exclude_process(self, pid: int, what: str) -> str:
         """Move process ``pid`` (the caller's own) into a new scope in the slice."""
         self._require_enabled()
