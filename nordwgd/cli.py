@@ -226,7 +226,7 @@ def _print(text: str) -> None:
 
 async def cmd_status(client: Client, args: argparse.Namespace) -> int:
     properties = await client.properties()
-    split = await cli_split.split_properties(client)
+    split = await cli_split.split_properties(client, quiet=True)
     properties.update(split)
     text = format_status(properties) + cli_split.format_split(split)
     _print(to_json(properties) if args.json else text)

@@ -55,14 +55,15 @@ def _command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-async def split_properties(client: SplitClient) -> dict[str, object]:
-    """The SplitTunnel properties, {} from a daemon without the interface."""
+async def split_properties(client: SplitClient, *, quiet: bool = False) -> dict[str, object]:
+    """The SplitTunnel properties, {} from a daemon without the interface.
+
+    ``quiet``: {} for any failure too (``status`` shows the rest rather than nothing).
+    """
     try:
         (values,) = await client.call("GetAll", "s", [SPLIT_INTERFACE], interface=PROPERTIES)
-    except errors.NordwgdError:
-        return {}
     except Exception as error:
-        if any(name in str(error) for name in _UNKNOWN_INTERFACE):
+        if quiet or any(name in str(error) for name in _UNKNOWN_INTERFACE):
             return {}
         raise
     result = plain(values)

@@ -119,9 +119,11 @@ def test_bridges_present_reads_this_namespace() -> None:
     name = f"nwgt-br{secrets.token_hex(2)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
+        # from inside an event loop, as the daemon's property getter calls it
         code = (
-            "from nordwgd.split import bridges; "
-            "print(','.join(bridges.present(('docker0', 'br-*'))))"
+            "import asyncio; from nordwgd.split import bridges\n"
+            "async def main(): print(','.join(bridges.present(('docker0', 'br-*'))))\n"
+            "asyncio.run(main())"
         )
         subprocess.run(["ip", "-n", name, "link", "add", "docker0", "type", "bridge"], check=True)
         # nsenter keeps the machine's /sys: the answer must still be this namespace's links

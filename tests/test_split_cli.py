@@ -83,3 +83,16 @@ def test_status_lines() -> None:
     text = cli_split.format_split({"ExcludedUnits": ["a.scope", "b.scope"], "LocalBridges": []})
     assert text == "\nExcluded:   a.scope, b.scope"
     assert cli_split.format_split({}) == ""
+
+
+class BrokenSplit(FakeClient):
+    async def call(
+        self, member: str, signature: str = "", body: Sequence[Any] = (), *, interface: str = ""
+    ) -> list[Any]:
+        raise RuntimeError("GetAll failed: org.freedesktop.DBus.Error.Failed: RuntimeError")
+
+
+def test_status_survives_a_failing_split_interface() -> None:
+    assert asyncio.run(cli_split.split_properties(BrokenSplit({}), quiet=True)) == {}
+    with pytest.raises(RuntimeError):
+        asyncio.run(cli_split.split_properties(BrokenSplit({})))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from nordwgd.errors import InvalidArgument
@@ -53,6 +54,13 @@ def present(
 
 
 def _links() -> list[tuple[str, str]]:
+    # pyroute2's synchronous API runs an event loop of its own, which it cannot do in a thread
+    # that runs one already (the daemon's): one netlink dump in a short-lived thread.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(_dump_links).result(timeout=5)
+
+
+def _dump_links() -> list[tuple[str, str]]:
     from pyroute2 import IPRoute, NetlinkError
 
     try:
