@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from nordwgd.wireguard.uapi import socket_path
 from tests.security.harness import (
     FAST_HEALTH,
     BusError,
@@ -429,6 +431,45 @@ def test_wireguard_go_missing(fresh_daemon: Stack, ledger: ScenarioRecorder) -> 
     assert alive
     assert answered(during) == [], during
     assert _record_leaks(stack, ledger) == 0, stack.leaks()
+
+
+def test_interface_taken_by_another_program(stack: Stack, ledger: ScenarioRecorder) -> None:
+    """Another program's wireguard-go holds the configured interface name: the connect ends in
+    error (blocked) with the reason, and the other instance keeps running."""
+    stack.reset()
+    world = stack.world
+    other = world.host_popen(
+        ["wireguard-go", "-f", world.interface],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={"PATH": os.environ.get("PATH", ""), "LOG_LEVEL": "error",
+             "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path(world.interface).exists():
+            assert other.poll() is None and time.monotonic() < deadline, "wireguard-go failed"
+            time.sleep(0.05)
+        ledger.fault(f"another program's wireguard-go holds {world.interface}")
+        stack.client.connect()
+        props = stack.wait_for_state("error", timeout=30)
+        during = stack.probes.standard()
+        still_running = other.poll() is None and socket_path(world.interface).exists()
+    finally:
+        socket_path(world.interface).unlink(missing_ok=True)  # stops that instance
+        other.wait(10)
+    reason = stack.daemon.log.read_text(errors="replace")
+
+    assert (props["Blocking"], props["ErrorCause"]) == ("blocked", "tunnel-failed")
+    assert still_running, "nordwgd stopped another program's wireguard-go"
+    assert f"an interface named {world.interface} exists already" in reason
+    assert answered(during) == [], during
+    assert _record_leaks(stack, ledger) == 0, stack.leaks()
+    # with the name free again, the same daemon connects
+    stack.client.call("Disconnect")
+    stack.wait_for_state("disconnected", timeout=20)
+    stack.connect_and_wait()
 
 
 # -- a storm of reconnects --------------------------------------------------------------------
