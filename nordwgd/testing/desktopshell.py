@@ -257,10 +257,13 @@ class Desktop:
     def spawn(
         self, name: str, command: Sequence[str], *, env: Mapping[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
-        """Start ``command`` inside in the background; its output goes to logs/NAME.log."""
+        """Start ``command`` inside in the background; its output goes to logs/NAME.log and
+        its PID (inside) to NAME.pid, for ``kill``."""
+        pidfile = f"{SHARED}/{name}.pid"
+        wrapped = ["sh", "-c", f'echo $$ >{pidfile}; exec "$@"', name, *command]
         with (self.host_dir / "logs" / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                self.argv(command, env),
+                self.argv(wrapped, env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -268,6 +271,12 @@ class Desktop:
             )
         self.started.append(process)
         return process
+
+    def kill(self, name: str, process: subprocess.Popen[bytes], limit: float = 10) -> None:
+        """End what ``spawn(name, ...)`` started (nsenter does not pass signals on)."""
+        pid = (self.host_dir / f"{name}.pid").read_text().strip()
+        self.run(["kill", "-TERM", pid])
+        process.wait(limit)
 
     def stop(self) -> None:
         for process in self.started:

@@ -124,3 +124,57 @@ class Shell:
             "false",
             path,
         )
+
+
+# The AppIndicator extension's panel button for our item and what it shows.
+TRAY_VIEW = """
+const key = Object.keys(Main.panel.statusArea).find(k => k.startsWith('appindicator-'));
+if (!key)
+    return null;
+const button = Main.panel.statusArea[key];
+return {
+    title: button._indicator.title,
+    icon: button._icon.gicon ? button._icon.gicon.to_string() : '',
+    menu: button.menu._getMenuItems().map(i => i.label ? i.label.text : '--'),
+};
+"""
+
+
+def tray_view(shell: Shell) -> dict[str, Any] | None:
+    view: dict[str, Any] | None = shell.eval(TRAY_VIEW)
+    return view
+
+
+# A real pointer click on an actor, through a virtual input device of the shell's seat.
+CLICK = """
+const [x, y] = target.get_transformed_position();
+const [w, h] = target.get_transformed_size();
+const seat = Clutter.get_default_backend().get_default_seat();
+const pointer = seat.create_virtual_device(Clutter.InputDeviceType.POINTER_DEVICE);
+const now = GLib.get_monotonic_time();
+pointer.notify_absolute_motion(now, x + w / 2, y + h / 2);
+pointer.notify_button(now + 1000, Clutter.BUTTON_PRIMARY, Clutter.ButtonState.PRESSED);
+pointer.notify_button(now + 2000, Clutter.BUTTON_PRIMARY, Clutter.ButtonState.RELEASED);
+return [x + w / 2, y + h / 2];
+"""
+
+
+def tray_click(shell: Shell, label: str) -> None:
+    """Open the tray's menu in the panel and click its entry ``label`` with the pointer."""
+    tray_menu_open(shell, True)
+    shell.eval(
+        "const {Clutter, GLib} = imports.gi;"
+        "const b = Main.panel.statusArea[Object.keys(Main.panel.statusArea)"
+        ".find(k => k.startsWith('appindicator-'))];"
+        "const target = b.menu._getMenuItems()"
+        f".find(i => i.label && i.label.text.startsWith({label!r}));" + CLICK
+    )
+
+
+def tray_menu_open(shell: Shell, is_open: bool) -> None:
+    verb = "open" if is_open else "close"
+    shell.eval(
+        "Main.overview.hide(); const b = Main.panel.statusArea[Object.keys(Main.panel.statusArea)"
+        f".find(k => k.startsWith('appindicator-'))]; b.menu.{verb}(false); return true;"
+    )
+    time.sleep(0.7)

@@ -1,5 +1,5 @@
-"""The GNOME Shell extension and the tray (through the AppIndicator extension) in a real
-GNOME Shell 43 (Debian 12), following the real nordwgd."""
+"""The GNOME Shell extension in real GNOME Shells, 43 (Debian 12) and 48 (Debian 13), and the
+tray through the AppIndicator extension in GNOME Shell 43, following the real nordwgd."""
 
 from __future__ import annotations
 
@@ -8,21 +8,31 @@ from collections.abc import Iterator
 import pytest
 
 from nordwgd.testing.world import World
-from tests.desktop.conftest import Stage, eventually, stage_for
-from tests.desktop.gnome import APPINDICATOR_UUID, UNSAFE_UUID, UUID, Shell, extensions_for
+from tests.desktop.conftest import REPO, Stage, eventually, stage_for
+from tests.desktop.gnome import (
+    APPINDICATOR_UUID,
+    UNSAFE_UUID,
+    UUID,
+    Shell,
+    extensions_for,
+    tray_click,
+    tray_menu_open,
+    tray_view,
+)
 
 pytestmark = [pytest.mark.root, pytest.mark.nspawn, pytest.mark.slow]
 
-KIND = "gnome"
-VERSION = "43"
+# (root kind, extension flavour): Debian 12's Shell 43 (legacy imports), Debian 13's 48 (ESM).
+SHELLS = {"gnome": "43", "gnome-trixie": "45"}
 
 
-@pytest.fixture(scope="module")
-def stage(shared_world: World) -> Iterator[Stage]:
+@pytest.fixture(scope="module", params=sorted(SHELLS))
+def stage(request: pytest.FixtureRequest, shared_world: World) -> Iterator[Stage]:
+    kind = request.param
     with stage_for(
-        KIND,
+        kind,
         shared_world,
-        extensions=extensions_for(VERSION),
+        extensions=extensions_for(SHELLS[kind]),
         enabled=[UUID, UNSAFE_UUID, APPINDICATOR_UUID],
     ) as built:
         yield built
@@ -58,8 +68,8 @@ def test_a_click_in_the_shell_connects_and_disconnects(shell: Shell, stage: Stag
     assert view["indicator"] is True
     assert view["countries"][0] == country  # the recent location comes first
     shell.open_menu()
-    shell.screenshot("connected")
-    stage.shot("connected")
+    shell.screenshot(f"connected-{SHELLS[stage.desktop.kind]}")
+    stage.shot(f"connected-{SHELLS[stage.desktop.kind]}")
     shell.close_menu()
 
     shell.eval("toggle.emit('clicked', 1); return true;")
@@ -93,8 +103,8 @@ def test_lockdown_shows_blocking_and_a_refusal_is_told(shell: Shell, stage: Stag
     eventually(shell.toggle, lambda v: v["lockdown"] is False, "the switch to go back")
     assert stage.prop("Lockdown") is False
     shell.open_menu()
-    shell.screenshot("refused")
-    stage.shot("refused")
+    shell.screenshot(f"refused-{SHELLS[stage.desktop.kind]}")
+    stage.shot(f"refused-{SHELLS[stage.desktop.kind]}")
     shell.close_menu()
 
     # An administrator turns Lockdown on: the toggle says blocked and the panel shows it.
@@ -113,3 +123,89 @@ def test_a_daemon_restart_is_followed(shell: Shell, stage: Stage) -> None:
     eventually(shell.toggle, lambda v: v["subtitle"] == "Off", "the daemon back")
     shell.eval("toggle.emit('clicked', 1); return true;")
     stage.wait_state("connected")
+
+
+@pytest.fixture
+def tray(shell: Shell, stage: Stage) -> Iterator[None]:
+    if stage.desktop.kind != "gnome":
+        # The tray runs from the repository's venv (Python 3.11, Debian 12); Debian 13 has 3.13.
+        pytest.skip("the tray is tested in GNOME Shell 43 and Plasma 5.27")
+    process = stage.desktop.spawn(
+        "tray",
+        [str(REPO / ".venv" / "bin" / "python"), "-m", "nordwgd_tray", "--log-level=info"],
+        env={"PYTHONPATH": str(REPO)},
+    )
+    # The AppIndicator extension drops about every other new item; the tray registers again.
+    eventually(lambda: tray_view(shell), lambda v: v is not None and v["menu"], "the tray icon")
+    yield
+    tray_menu_open(shell, False)
+    stage.desktop.kill("tray", process)
+    eventually(lambda: tray_view(shell), lambda v: v is None, "the tray icon to go")
+
+
+def test_tray_icon_and_menu_follow_the_daemon_and_connect(
+    shell: Shell, stage: Stage, tray: None
+) -> None:
+    view = eventually(
+        lambda: tray_view(shell), lambda v: v["menu"][0] == "Disconnected", "the state line"
+    )
+    assert view["title"] == "NordVPN"
+    assert "network-vpn-disconnected-symbolic" in view["icon"]
+    tray_click(shell, "Quick connect")
+    stage.wait_state("connected")
+    view = eventually(
+        lambda: tray_view(shell),
+        lambda v: v["menu"][0].startswith("Connected to") and "network-vpn-symbolic" in v["icon"],
+        "the tray to show the connection",
+    )
+    assert stage.prop("Server")["name"] in view["menu"][0]
+    eventually(
+        shell.notifications,
+        lambda n: any(x.startswith("VPN connected|Connected to") for x in n),
+        "the connected notification",
+    )
+    tray_menu_open(shell, True)
+    shell.screenshot("tray-connected")
+    stage.shot("tray-connected")
+    tray_menu_open(shell, False)
+
+    tray_click(shell, "Disconnect")
+    stage.wait_state("disconnected")
+    eventually(lambda: tray_view(shell), lambda v: v["menu"][0] == "Disconnected", "disconnected")
+    eventually(
+        shell.notifications,
+        lambda n: any(x.startswith("VPN disconnected|") for x in n),
+        "the disconnected notification",
+    )
+
+
+def test_tray_tells_a_refusal_and_follows_a_daemon_restart(
+    shell: Shell, stage: Stage, tray: None
+) -> None:
+    eventually(lambda: tray_view(shell), lambda v: v["menu"][0] == "Disconnected", "the tray")
+    tray_click(shell, "Lockdown")
+    eventually(
+        shell.notifications,
+        lambda n: any(
+            x.startswith("Not allowed: turning Lockdown on|") and "configure" in x for x in n
+        ),
+        "the refusal notification",
+    )
+    assert stage.prop("Lockdown") is False
+    shell.screenshot("tray-refused")
+    stage.shot("tray-refused")
+
+    stage.daemon.stop()
+    view = eventually(
+        lambda: tray_view(shell),
+        lambda v: v["menu"][0] == "nordwgd is not running",
+        "the tray to show the daemon gone",
+    )
+    assert "network-vpn-disabled-symbolic" in view["icon"]
+    eventually(
+        shell.notifications,
+        lambda n: any(x.startswith("VPN service stopped|") for x in n),
+        "the stopped notification",
+    )
+    stage.daemon.start()
+    eventually(lambda: tray_view(shell), lambda v: v["menu"][0] == "Disconnected", "back")
