@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from bench import REPO, Daemon, median, ms, percentile, private_bus, wait_for_name
