@@ -402,6 +402,39 @@ def _resolved(netns: str, address: str) -> str:
         time.sleep(0.1)
 
 
+LINK_PROBE = REPO / "tests" / "security" / "linkprobe.py"
+
+
+# (what the peer counts, what the host sends, how many may arrive)
+LINK_SHAPES: list[tuple[str, dict[str, Any], int]] = [
+    ("ip daddr 192.168.77.1 udp dport 67", {"kind": "udp", "sport": 68, "host": LAN_PEER,
+                                            "port": 67}, 0),
+    ("ip daddr 255.255.255.255 udp dport 67", {"kind": "udp", "sport": 68,
+                                               "host": "255.255.255.255", "port": 67}, 1),
+    ("ip6 daddr fd00:77::1 udp dport 547", {"kind": "udp", "sport": 546, "host": "fd00:77::1",
+                                            "port": 547}, 0),
+    ("ip6 daddr ff02::1:2 udp dport 547", {"kind": "udp", "sport": 546, "host": "ff02::1:2",
+                                           "port": 547, "link_local_source": True}, 1),
+    ("ip6 daddr fd00:77::1 icmpv6 type nd-neighbor-solicit", {"kind": "ns",
+                                                              "host": "fd00:77::1"}, 0),
+    ("ip6 daddr ff02::1:ff00:99 icmpv6 type nd-neighbor-solicit",
+     {"kind": "ns", "host": "ff02::1:ff00:99", "target": "fd00:77::99"}, 1),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_dhcp_and_neighbour_discovery_leave_only_for_the_link(pair: Pair, backend: str) -> None:
+    pair.apply(BLOCKING["error"], backend=backend)
+
+    def send(spec: dict[str, Any]) -> None:
+        specs = json.dumps([{"device": "host", **spec}])
+        answer = run("ip", "netns", "exec", pair.host, PYTHON, str(LINK_PROBE), specs)
+        assert json.loads(answer) == ["sent"] or "not permitted" in answer, answer
+
+    arrived = [pair.arrived(match, lambda spec=spec: send(spec)) for match, spec, _ in LINK_SHAPES]
+    assert arrived == [expected for _, _, expected in LINK_SHAPES]
+
+
 def test_bad_transaction_fails_whole_and_keeps_previous_table(pair: Pair) -> None:
     from nordwgd.errors import FirewallFailed
 
