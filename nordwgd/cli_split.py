@@ -21,6 +21,7 @@ from typing import Any, NoReturn, Protocol
 
 from nordwgd import errors
 from nordwgd.bus.convert import plain
+from nordwgd.cli_format import terminal_safe
 
 SPLIT_INTERFACE = "org.nordwgd.Nordwgd1.SplitTunnel"
 PROPERTIES = "org.freedesktop.DBus.Properties"
@@ -46,6 +47,11 @@ def add_commands(add: Adder) -> None:
     exclude.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     include = add("include", cmd_include, "run a command that may only use the tunnel")
     include.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+
+def _print(text: str) -> None:
+    # Unit names and scopes come from the daemon: escaped like all of nordwgctl's output.
+    print(terminal_safe(text), flush=True)
 
 
 def _command(args: argparse.Namespace) -> list[str]:
@@ -89,18 +95,17 @@ async def cmd_exclude(client: SplitClient, args: argparse.Namespace) -> int:
             raise errors.InvalidArgument("exclude: give a command or an option, not both")
         if args.unit:
             (scope,) = await client.call("ExcludeUnit", "s", [args.unit], interface=SPLIT_INTERFACE)
-            print(
+            _print(
                 f"{args.unit} excluded as {scope} until it restarts (for good: give it "
-                "Slice= of the excluded slice in a drop-in)",
-                flush=True,
+                "Slice= of the excluded slice in a drop-in)"
             )
         elif args.remove:
             await client.call("RemoveExcluded", "s", [args.remove], interface=SPLIT_INTERFACE)
-            print(f"{args.remove} goes through the tunnel again", flush=True)
+            _print(f"{args.remove} goes through the tunnel again")
         else:
             units = (await split_properties(client)).get("ExcludedUnits") or []
             assert isinstance(units, list)
-            print("\n".join(map(str, units)) if units else "nothing is excluded", flush=True)
+            _print("\n".join(map(str, units)) if units else "nothing is excluded")
         return 0
     if not command:
         raise errors.InvalidArgument("exclude: give a command after --, or --unit/--remove/--list")

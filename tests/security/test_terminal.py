@@ -9,16 +9,19 @@ values carry real escape sequences.
 
 from __future__ import annotations
 
+import argparse
 import json
 import unicodedata
 from collections.abc import Iterator
 
 import pytest
+from dbus_fast import Variant
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nordwgd import errors
 from nordwgd.cli_format import format_mapping, format_status, format_table, printable
+from nordwgd.cli_split import cmd_exclude
 from nordwgd.states import State
 from tests.fixtures_dbus import PrivateBus, Service, sample_server
 from tests.security.ledger import ScenarioRecorder
@@ -177,3 +180,21 @@ async def test_cli_output_escapes_what_the_daemon_sends(
     assert "unknown location" in result.err
     assert controls(result.err, allowed="\n") == [], result.err
     ledger.bad_inputs(len(commands) + 2)
+
+
+async def test_exclude_list_escapes_unit_names(
+    capsys: pytest.CaptureFixture[str], ledger: ScenarioRecorder
+) -> None:
+    class Client:
+        async def call(
+            self, member: str, signature: str = "", body: object = (), *, interface: str = ""
+        ) -> list[object]:
+            assert member == "GetAll"
+            return [{"ExcludedUnits": Variant("as", [f"app{TITLE}.scope", f"x{BIDI}.scope"])}]
+
+    args = argparse.Namespace(unit=None, remove=None, list=True, command=[])
+    assert await cmd_exclude(Client(), args) == 0
+    out = capsys.readouterr().out
+    assert controls(out, allowed="\n") == [], out
+    assert "app\\x1b]0;owned\\x07.scope" in out
+    ledger.bad_inputs(2)
