@@ -4,7 +4,8 @@ One UDP query for the root's NS records goes to the resolver with a random id. A
 response carrying that id counts as an answer, whatever its code: NXDOMAIN, REFUSED or SERVFAIL
 prove as well as an answer does that a packet went there and came back. Only the 12-byte header
 of a response is read. A datagram with another id (late, stray or forged) is ignored and the
-wait goes on until the deadline.
+wait goes on until the deadline. The query is sent again (same id) at each third of the
+timeout, so that one lost datagram on a lossy link does not read as a dead path.
 
 Blocking on purpose: the health monitor runs it in a thread, which may first enter another
 network namespace so that the socket is created there.
@@ -28,6 +29,7 @@ _HEADER = struct.Struct("!HHHHHH")  # id, flags, question, answer, authority, ad
 _FLAG_RESPONSE = 0x8000
 _FLAG_RECURSION_DESIRED = 0x0100
 _MAX_DATAGRAM = 4096
+SENDS = 3  # the query goes out this many times, spread over the timeout
 
 
 @dataclass(frozen=True)
@@ -78,17 +80,24 @@ def query(server: IPAddress | str, timeout: float, *, port: int = DNS_PORT) -> s
         with socket.socket(family, socket.SOCK_DGRAM) as sock:
             # A connected socket only receives datagrams from the server itself.
             sock.connect((str(address), port))
-            sock.send(build_query(ident))
+            message = build_query(ident)
+            interval = timeout / SENDS
+            sent = 0
             while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                if now >= deadline:
                     return "no DNS response"
-                sock.settimeout(remaining)
-                header = parse_header(sock.recv(_MAX_DATAGRAM))
+                if sent < SENDS and now >= deadline - timeout + sent * interval:
+                    sock.send(message)
+                    sent += 1
+                resend_at = deadline - timeout + sent * interval if sent < SENDS else deadline
+                sock.settimeout(max(0.001, min(deadline, resend_at) - now))
+                try:
+                    header = parse_header(sock.recv(_MAX_DATAGRAM))
+                except TimeoutError:
+                    continue
                 if header is not None and header.is_response and header.ident == ident:
                     return None
-    except TimeoutError:
-        return "no DNS response"
     except OSError as error:
         return f"DNS: {error.strerror or error}"
 

@@ -2,9 +2,15 @@
 
 Every ``tick`` seconds it reads the peer statistics: a handshake older than
 ``handshake_max_age`` fails the check. While traffic flows (the transmitted counter grew since
-the last look) it looks every ``fast_tick`` seconds instead. When the peer has answered nothing
-for ``stall_after`` seconds of sending, the monitor asks for a real round trip through the
-tunnel before it judges: a DNS query to each tunnel resolver (``dns_servers``) and the probe
+the last look) or a stall is being timed, it looks every ``fast_tick`` seconds instead.
+
+A stall begins at a look that saw data sent and no data received, and lasts until data is
+received, through looks that saw nothing sent (TCP backs off when nothing comes back). WireGuard's
+own housekeeping is not data: a keepalive (32 bytes), a handshake initiation (148), its response
+(92) or a cookie (64) in one look, alone or together, neither start a stall nor end one; so a
+server that still answers handshakes and keepalives but forwards nothing stalls like a dead one.
+When a stall has lasted ``stall_after`` seconds, the monitor asks for a real round trip through
+the tunnel before it judges: a DNS query to each tunnel resolver (``dns_servers``) and the probe
 URLs, all at once with a short timeout (``stall_probe_timeout``). A one-way flow through a live
 tunnel (a UDP upload) gets no WireGuard answers for about ten seconds, until the passive
 keepalive, but the resolver answers; when nothing answers (or there is nothing to ask) the peer
@@ -44,6 +50,17 @@ if TYPE_CHECKING:
     import httpx
 
 log = logging.getLogger(__name__)
+
+# Counter steps of WireGuard's housekeeping in one look: any mix of at most one keepalive (32
+# bytes), handshake initiation (148) or response (92), and cookie reply (64).
+_KEEPALIVE, _INITIATION, _RESPONSE, _COOKIE = 32, 148, 92, 64
+SENT_HOUSEKEEPING = frozenset(a + b for a in (0, _KEEPALIVE) for b in (0, _INITIATION)) | {
+    _COOKIE,
+    _COOKIE + _KEEPALIVE,
+}
+RECEIVED_HOUSEKEEPING = frozenset(
+    a + b + c for a in (0, _KEEPALIVE) for b in (0, _RESPONSE) for c in (0, _COOKIE)
+)
 
 Prober = Callable[[str, float], Awaitable[str | None]]
 """``prober(url, timeout)`` -> None when the URL answered, else why it did not."""
@@ -193,8 +210,9 @@ class HealthMonitor:
             log.debug("first statistics read failed", exc_info=True)
         while True:
             with contextlib.suppress(TimeoutError):
+                fast = self._sending or self._stall_since is not None
                 await asyncio.wait_for(
-                    self._wake.wait(), timeout=self._fast_tick if self._sending else self._tick
+                    self._wake.wait(), timeout=self._fast_tick if fast else self._tick
                 )
             triggered = self._wake.is_set()
             self._wake.clear()
@@ -260,15 +278,20 @@ class HealthMonitor:
         return max(0.0, self._wall_clock() - stats.latest_handshake)
 
     def _track_stall(self, stats: PeerStats) -> float | None:
-        """Seconds the peer has answered nothing while we kept sending, else None."""
+        """Seconds since data was sent and no data came back, else None."""
         last = self._last
-        self._sending = last is not None and stats.tx_bytes > last.tx_bytes
-        if last is None or not self._sending or stats.rx_bytes != last.rx_bytes:
-            # A lone keepalive, an idle link or any answer ends a stall.
-            self._stall_since = None
+        if last is None:
+            return None
+        sent = stats.tx_bytes - last.tx_bytes
+        received = stats.rx_bytes - last.rx_bytes
+        self._sending = sent > 0
+        if received < 0 or received not in RECEIVED_HOUSEKEEPING:
+            self._stall_since = None  # data came back (or the counters started over)
             return None
         now = self._clock()
         if self._stall_since is None:
+            if sent <= 0 or sent in SENT_HOUSEKEEPING:
+                return None  # an idle link, or only WireGuard's own packets
             self._stall_since = now
         return now - self._stall_since
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from nordwgd.dnsprobe import TYPE_NS, build_query, parse_header, query
+from nordwgd.dnsprobe import SENDS, TYPE_NS, build_query, parse_header, query
 
 Reply = Callable[[bytes], list[bytes]]  # the datagrams to send back for one query
 
@@ -122,7 +122,22 @@ def test_the_right_answer_after_junk_counts(responder: Callable[[Reply], Respond
 def test_silence_is_a_timeout(responder: Callable[[Reply], Responder]) -> None:
     server = responder(lambda message: [])
     assert query("127.0.0.1", 0.3, port=server.port) == "no DNS response"
-    assert len(server.queries) == 1
+    # Sent again within the timeout, always the same question.
+    assert len(server.queries) == SENDS
+    assert len(set(server.queries)) == 1
+
+
+def test_a_lost_query_is_sent_again(responder: Callable[[Reply], Responder]) -> None:
+    """On a lossy link one datagram may vanish: the probe must not call the path dead."""
+    seen: list[bytes] = []
+
+    def lose_the_first(message: bytes) -> list[bytes]:
+        seen.append(message)
+        return [] if len(seen) == 1 else [response(message)]
+
+    server = responder(lose_the_first)
+    assert query("127.0.0.1", 1.0, port=server.port) is None
+    assert len(server.queries) == 2
 
 
 def test_a_closed_port_is_a_reason() -> None:

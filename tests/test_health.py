@@ -152,7 +152,7 @@ class SendingPeer(Peer):
     """Every look shows more bytes sent and none received: a silent peer under traffic."""
 
     async def __call__(self) -> PeerStats:
-        self.stats = replace(self.stats, tx_bytes=self.stats.tx_bytes + 148)
+        self.stats = replace(self.stats, tx_bytes=self.stats.tx_bytes + 160)
         return self.stats
 
 
@@ -342,6 +342,75 @@ async def test_the_real_dns_probe_confirms_a_one_way_flow() -> None:
                 await answering
 
 
+class HousekeepingPeer(Peer):
+    """Data goes out, and only WireGuard's own packets come back: a keepalive now and then, a
+    handshake response: a server that answers handshakes but forwards nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    async def __call__(self) -> PeerStats:
+        self.looks += 1
+        back = (32, 92, 0, 124)[self.looks % 4]
+        self.stats = replace(
+            self.stats,
+            tx_bytes=self.stats.tx_bytes + 160,
+            rx_bytes=self.stats.rx_bytes + back,
+        )
+        return self.stats
+
+
+class BackingOffPeer(Peer):
+    """TCP retransmitting into a dead path: sends at exponentially spaced looks only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looks = 0
+
+    async def __call__(self) -> PeerStats:
+        self.looks += 1
+        if self.looks & (self.looks - 1) == 0:  # looks 1, 2, 4, 8, 16, ...
+            self.stats = replace(self.stats, tx_bytes=self.stats.tx_bytes + 120)
+        return self.stats
+
+
+@pytest.mark.parametrize("peer", [HousekeepingPeer, BackingOffPeer])
+async def test_a_path_that_forwards_nothing_is_dead(peer: type[Peer]) -> None:
+    failures: list[str] = []
+    resolver = Resolver("no DNS response")
+    config = replace(BASE, urls=(), attempts=100)  # the default: no probe URLs
+    health = dns_monitor(config, peer(), Prober(), resolver, failures)
+    health.start()
+    try:
+        await _wait_for(lambda: bool(failures))
+        assert failures and "nothing received" in failures[0]
+        assert resolver.asked
+    finally:
+        await health.stop()
+
+
+async def test_data_coming_back_is_no_stall() -> None:
+    class Answered(Peer):
+        async def __call__(self) -> PeerStats:
+            self.stats = replace(
+                self.stats, tx_bytes=self.stats.tx_bytes + 160, rx_bytes=self.stats.rx_bytes + 128
+            )
+            return self.stats
+
+    failures: list[str] = []
+    resolver = Resolver("no DNS response")
+    health = dns_monitor(
+        replace(BASE, urls=(), attempts=100), Answered(), Prober(), resolver, failures
+    )
+    health.start()
+    try:
+        await asyncio.sleep(0.3)
+        assert resolver.asked == [] and failures == []
+    finally:
+        await health.stop()
+
+
 async def test_a_lone_keepalive_is_not_a_stall() -> None:
     peer = Peer()
     prober = Prober()
@@ -430,7 +499,10 @@ def test_one_way_upload_without_urls_keeps_the_server(
     config = world.write_config(tmp_path / "nordwgd.toml", health={"urls": []})
     sink = subprocess.Popen(
         ns.exec_argv(world.router_ns, ns.python_argv(_SINK, world.web_address, SINK_PORT)),
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, env=ns.python_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ns.python_env(),
     )
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
@@ -446,7 +518,8 @@ def test_one_way_upload_without_urls_keeps_the_server(
             )
             after = _wait_connected(private_bus, daemon)
             assert (after["Server"], after["ConnectedSince"]) == (
-                before["Server"], before["ConnectedSince"]
+                before["Server"],
+                before["ConnectedSince"],
             ), daemon.log_text()
             station = world.server(str(before["Server"]["hostname"])).station  # type: ignore[index]
             # The stall was looked into: the tunnel resolver got the root NS query and answered.
@@ -461,8 +534,14 @@ def test_one_way_upload_without_urls_keeps_the_server(
 def _wait_connected(bus: PrivateBus, daemon: DaemonProcess) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
-        reply = call_as(bus, None, "GetAll", "s", ["org.nordwgd.Nordwgd1.Manager"],
-                        interface="org.freedesktop.DBus.Properties")
+        reply = call_as(
+            bus,
+            None,
+            "GetAll",
+            "s",
+            ["org.nordwgd.Nordwgd1.Manager"],
+            interface="org.freedesktop.DBus.Properties",
+        )
         body = reply.get("body")
         assert isinstance(body, list), reply
         props: dict[str, Any] = body[0]
