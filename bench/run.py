@@ -1,6 +1,6 @@
 """Run every benchmark, print one table and write the figures as JSON.
 
-    .venv/bin/python -m bench.run [--quick] [--json bench/out/results.json]
+    .venv/bin/python -m bench.run [--quick] [--soak-seconds 600] [--json bench/out/results.json]
 
 Needs root (network namespaces, nftables, wireguard-go); everything runs in worlds made here.
 """
@@ -34,6 +34,14 @@ ROWS: tuple[tuple[str, str, str, float, bool], ...] = (
     ("connect: nordwgd", "connect.nordwgd_ms_median", "ms", float("nan"), True),
     ("connect: wg-quick + nft baseline", "connect.baseline_ms_median", "ms", float("nan"), True),
     ("failover under traffic", "failover.failover_ms_median", "ms", 5000, True),
+    ("silent server found, default config", "failover.silent_found_ms_median", "ms", 5000, True),
+    ("silent server: failed over", "failover.silent_failover_ms_median", "ms", float("nan"), True),
+    ("server forwarding nothing found", "failover.forwards_nothing_found_ms_median", "ms", 5000,
+     True),
+    ("forwarding nothing: failed over", "failover.forwards_nothing_failover_ms_median", "ms",
+     float("nan"), True),
+    ("uplink black hole found", "failover.uplink_blackhole_found_ms_median", "ms", 5000, True),
+    ("false failovers, 5 % loss, 50 ms jitter", "soak.false_failovers", "", 0, True),
     ("kill switch: 10k networks, apply+verify", "firewall.apply_verify_libnftables_ms", "ms", 50,
      True),
     ("kill switch: 10k networks, nft -f", "firewall.apply_nft_binary_ms", "ms", float("nan"), True),
@@ -102,11 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about 2 minutes)")
     parser.add_argument("--json", type=Path, default=Path("bench/out/results.json"))
+    parser.add_argument(
+        "--soak-seconds",
+        type=float,
+        default=None,
+        help="length of the lossy-link soak (default 600, 60 with --quick)",
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench.run needs root (network namespaces, nftables, wireguard-go)", file=sys.stderr)
         return 2
     quick = args.quick
+    soak_seconds = args.soak_seconds if args.soak_seconds is not None else 60 if quick else 600
     plan: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("catalog", lambda: bench_catalog.run(repeats=3 if quick else 7)),
         ("lookups", lambda: bench_lookups.run(repeats=3 if quick else 5)),
@@ -114,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         ("firewall", _firewall),
         ("connect", lambda: bench_connect.run(runs=2 if quick else 5)),
         ("failover", lambda: bench_failover.run(runs=1 if quick else 3)),
+        ("soak", lambda: bench_failover.soak(soak_seconds)),
         ("daemon", lambda: bench_daemon.run(starts=2 if quick else 5,
                                             idle_seconds=10 if quick else 60)),
     ]  # fmt: skip

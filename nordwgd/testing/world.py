@@ -390,6 +390,62 @@ class World:
     def unsilence_server(self, hostname: str) -> None:
         ns.nft(self.server(hostname).netns, "delete table inet nwgt_silence\n", check=False)
 
+    def stop_forwarding(self, hostname: str) -> None:
+        """The server keeps answering handshakes and keepalives but forwards nothing."""
+        ns.nft(
+            self.server(hostname).netns,
+            "table inet nwgt_noforward {\n"
+            "  chain forward { type filter hook forward priority -10; policy drop; }\n"
+            "}\n",
+        )
+
+    def resume_forwarding(self, hostname: str) -> None:
+        ns.nft(self.server(hostname).netns, "delete table inet nwgt_noforward\n", check=False)
+
+    def blackhole_uplink(self) -> None:
+        """Everything the host sends into its uplink, and everything to it, disappears."""
+        ns.nft(
+            self.router_ns,
+            "table inet nwgt_blackhole {\n"
+            "  chain pre { type filter hook prerouting priority -300;"
+            f' iifname "{UPLINK_ROUTER}" drop; }}\n'
+            "  chain post { type filter hook postrouting priority 300;"
+            f' oifname "{UPLINK_ROUTER}" drop; }}\n'
+            "}\n",
+        )
+
+    def restore_uplink(self) -> None:
+        ns.nft(self.router_ns, "delete table inet nwgt_blackhole\n", check=False)
+
+    def make_tunnels_lossy(
+        self, loss: float = 0.05, delay: float = 0.05, jitter: float = 0.05
+    ) -> None:
+        """WireGuard to every server through a relay that drops ``loss`` of the datagrams
+        and delays each by ``delay`` +- ``jitter`` seconds (``nordwgd.testing.lossy``)."""
+        rules = []
+        for index, server in enumerate(self.servers):
+            port = 40000 + index
+            self._start_ready(
+                f"lossy-{index}",
+                "nordwgd.testing.lossy",
+                [
+                    f"--listen={self.router_lan}:{port}",
+                    f"--to={server.station}:51820",
+                    f"--loss={loss}",
+                    f"--delay={delay}",
+                    f"--jitter={jitter}",
+                ],
+            )
+            rules.append(
+                f'    iifname "{UPLINK_ROUTER}" ip daddr {server.station} udp dport 51820'
+                f" dnat to {self.router_lan}:{port}\n"
+            )
+        ns.nft(
+            self.router_ns,
+            "table ip nwgt_lossy {\n"
+            "  chain pre { type nat hook prerouting priority -100;\n" + "".join(rules) + "  }\n}\n",
+        )
+
     def fault(
         self, mode: str | None, *, count: int | None = None, paths: str | None = None
     ) -> None:
