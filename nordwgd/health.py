@@ -171,7 +171,10 @@ class HealthMonitor:
         self._last: PeerStats | None = None
         self._next_probe = 0.0
         self._sending = False  # the last look saw the transmitted counter grow
-        self._stall_since: float | None = None  # first look that saw sending without receiving
+        # The look before the first one that saw data sent and none received: the silence began
+        # after it, so a stall is timed from there.
+        self._stall_since: float | None = None
+        self._looked_at: float | None = None
 
     @property
     def failures(self) -> int:
@@ -285,14 +288,15 @@ class HealthMonitor:
         sent = stats.tx_bytes - last.tx_bytes
         received = stats.rx_bytes - last.rx_bytes
         self._sending = sent > 0
+        now = self._clock()
+        previous, self._looked_at = self._looked_at, now
         if received < 0 or received not in RECEIVED_HOUSEKEEPING:
             self._stall_since = None  # data came back (or the counters started over)
             return None
-        now = self._clock()
         if self._stall_since is None:
             if sent <= 0 or sent in SENT_HOUSEKEEPING:
                 return None  # an idle link, or only WireGuard's own packets
-            self._stall_since = now
+            self._stall_since = now if previous is None else previous
         return now - self._stall_since
 
     async def _confirm_silence(self, details: dict[str, object]) -> bool:
