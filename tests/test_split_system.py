@@ -24,6 +24,7 @@ __all__ = ["world_box"]  # the fixture, used by name below
 SPLIT = ("org.nordwgd.Nordwgd1", "/org/nordwgd/Nordwgd1", "org.nordwgd.Nordwgd1.SplitTunnel")
 SLICE_PATH = "nordwgd.slice/nordwgd-excluded.slice"
 PROBE = "nwgt-probe.service"
+POLKIT_RULE = "/etc/polkit-1/rules.d/50-nwgt-configure.rules"
 
 
 def host_address(box: Container, world: InnerWorld) -> str:
@@ -83,6 +84,35 @@ def test_exclude_command_and_unit_through_systemd(
         procs = f"/sys/fs/cgroup/{SLICE_PATH}/cgroup.procs"
     joined = box.run_as("nobody", ["sh", "-c", f"echo $$ > {procs}"], check=False)
     assert joined.returncode != 0 and "Permission denied" in joined.stderr
+
+    # A user polkit lets configure (here by a rule, as an administrator's password would)
+    # runs the command as itself: the scope holds the caller's own process.
+    box.run(
+        ["install", "-D", "-m", "0644", "/dev/stdin", POLKIT_RULE],
+        input=(
+            "polkit.addRule(function(action, subject) {\n"
+            '  if (action.id == "org.nordwgd.nordwgd1.configure" && subject.user == "nobody")\n'
+            "    return polkit.Result.YES;\n"
+            "});\n"
+        ),
+    )
+    try:
+
+        def nobody_excluded() -> bool:
+            done = box.run_as(
+                "nobody",
+                ["nordwgctl", "exclude", "--", "sh", "-c", "id -u; cat /proc/self/cgroup"],
+                check=False,
+            )
+            return (
+                done.returncode == 0
+                and done.stdout.startswith("65534\n")
+                and (f"/{SLICE_PATH}/nordwgd-excluded-" in done.stdout)
+            )
+
+        wait_for("polkit to let nobody exclude", nobody_excluded, timeout=30)
+    finally:
+        box.run(["rm", "-f", POLKIT_RULE])
 
     # nordwgctl exclude --unit: a running service's processes move into the slice.
     loop = f"while :; do curl -s --max-time 3 {web} > /run/nwgt-probe.out; sleep 0.3; done"
