@@ -259,3 +259,37 @@ def test_split_table_is_accepted_by_nft_with_a_real_cgroup() -> None:
         assert render_split(SplitPolicy(None, 0xCA6C, "nordlynx")).count("table") == 2
     finally:
         directory.rmdir()
+
+
+def test_sync_never_raises_when_the_rules_cannot_be_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without nft (or with nft refusing) excluded apps stay in the tunnel; the caller, the
+    engine applying the kill switch, goes on."""
+    import asyncio
+
+    from nordwgd.config import Config
+    from nordwgd.split import excluded as excluded_module
+    from nordwgd.split import rules
+
+    (tmp_path / "nordwgd.slice" / "nordwgd-excluded.slice").mkdir(parents=True)
+    apps = excluded_module.ExcludedApps(Config())
+    monkeypatch.setattr(apps, "_hierarchy", cgroups.Hierarchy(tmp_path, "", 0))
+    loaded: list[str] = []
+
+    def missing_nft(script: str) -> tuple[int, str]:
+        loaded.append(script)
+        raise FileNotFoundError(2, "No such file or directory", "nft")
+
+    async def scenario() -> None:
+        monkeypatch.setattr(rules, "_nft", missing_nft)
+        await apps.sync(connected=True)
+        monkeypatch.setattr(rules, "_nft", lambda script: (1, "Error: no such cgroup"))
+        (tmp_path / "nordwgd.slice" / "nordwgd-excluded.slice").rmdir()
+        (tmp_path / "other").mkdir()
+        (tmp_path / "nordwgd.slice" / "nordwgd-excluded.slice").mkdir()
+        await apps.sync()  # a new cgroup: tried again, refused, still no exception
+        await apps.close()
+
+    asyncio.run(scenario())
+    assert loaded and "socket cgroupv2 level 2" in loaded[0]

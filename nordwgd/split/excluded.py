@@ -90,6 +90,8 @@ class ExcludedApps:
             except FirewallFailed as error:
                 # The kill switch is untouched: excluded apps simply stay in the tunnel.
                 log.warning("split tunnel: %s", error)
+            except OSError as error:  # no nft binary, no libnftables: the same outcome
+                log.warning("split tunnel: cannot load the rules: %s", error)
         if self.enabled and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch(), name="excluded-slice-watch")
 
