@@ -43,7 +43,9 @@ def stage(shared_world: World) -> Iterator[Stage]:
         eventually(load_watcher, lambda out: "true" in out, "kded5's StatusNotifierWatcher")
         desktop.spawn("systemtray", ["plasmawindowed", "org.kde.plasma.systemtray"])
         eventually(lambda: watcher(built, "IsStatusNotifierHostRegistered"), bool, "the tray host")
-        eventually(lambda: tray_window(built), bool, "the tray window")
+        window = eventually(lambda: tray_window(built), bool, "the tray window")
+        # Room above and below: the item's menu pops up above the icon.
+        desktop.run(["xdotool", "windowmove", "--sync", window[0], "420", "380"])
         yield built
 
 
@@ -111,8 +113,9 @@ def tray(stage: Stage) -> Iterator[None]:
     stage.desktop.kill("tray", process)
 
 
-def click_icon(stage: Stage) -> None:
-    """Click our icon in Plasma's tray: the first item, left of the expander arrow."""
+def click_icon(stage: Stage, button: int = 3) -> None:
+    """Click our icon in Plasma's tray (the first item, left of the expander arrow); the right
+    button opens its menu, the left one activates it ("Show status")."""
     _window, x, y, width, height = tray_window(stage)
     stage.desktop.run(
         [
@@ -122,7 +125,7 @@ def click_icon(stage: Stage) -> None:
             str(x + int(width * 0.29)),
             str(y + height // 2),
             "click",
-            "1",
+            str(button),
         ]
     )
 
