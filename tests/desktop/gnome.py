@@ -93,7 +93,7 @@ class Shell:
     def notifications(self) -> list[str]:
         result: list[str] = self.eval(
             "return Main.messageTray.getSources().flatMap("
-            "s => s.notifications.map(n => n.title + '|' + n.bannerBodyText));"
+            "s => s.notifications.map(n => n.title + '|' + (n.bannerBodyText ?? n.body)));"
         )
         return result
 
