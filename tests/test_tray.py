@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -103,9 +104,11 @@ async def desktop(session_bus: PrivateBus) -> AsyncIterator[Desktop]:
 
 
 class TrayProcess:
-    def __init__(self, session: PrivateBus, system: PrivateBus, log: Path) -> None:
+    def __init__(
+        self, session: PrivateBus, system: PrivateBus, log: Path, path: str | None = None
+    ) -> None:
         env = {
-            "PATH": os.environ.get("PATH", ""),
+            "PATH": path or os.environ.get("PATH", ""),
             "PYTHONPATH": str(REPO),
             "HOME": str(log.parent),
             "XDG_DATA_DIRS": "/nonexistent",  # no icon theme: our own icons are used
@@ -341,3 +344,58 @@ async def test_idle_tray_does_not_wake_up(desktop: Desktop, tray: TrayProcess) -
     before = _switches(pid)
     await asyncio.sleep(5)
     assert _switches(pid) - before == 0
+
+
+def _fake_terminal(bin_dir: Path) -> tuple[Path, Path]:
+    """An x-terminal-emulator that writes its arguments to a file the tray's user can write."""
+    bin_dir.chmod(0o755)
+    record = bin_dir / "argv"
+    record.touch()
+    record.chmod(0o666)
+    terminal = bin_dir / "x-terminal-emulator"
+    terminal.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    terminal.chmod(0o755)
+    return bin_dir, record
+
+
+async def test_show_status_opens_a_terminal_or_else_tells_the_status(
+    desktop: Desktop, session_bus: PrivateBus, world_daemon: DaemonProcess, polkit: object
+) -> None:
+    """Activating the item (a left click in most trays) shows the status: in a terminal when
+    there is one, else in a notification."""
+    with tempfile.TemporaryDirectory(prefix="nordwgd-terminal-") as top:
+        bin_dir, record = _fake_terminal(Path(top))
+        for path, expect_terminal in ((f"{bin_dir}:/usr/bin:/bin", True), ("/usr/bin:/bin", False)):
+            desktop.watcher.items.clear()
+            tray = TrayProcess(session_bus, world_daemon.bus, bin_dir / "tray.log", path=path)
+            try:
+                await eventually(
+                    lambda: asyncio.sleep(0, desktop.watcher.items), bool, "the tray to register"
+                )
+                await eventually(lambda: icon(desktop), lambda i: i == "nordwgd-open", "open")
+                name, _sender = desktop.watcher.items[-1]
+                await desktop.call(
+                    name,
+                    "/StatusNotifierItem",
+                    "org.kde.StatusNotifierItem",
+                    "Activate",
+                    "ii",
+                    [0, 0],
+                )
+                if expect_terminal:
+                    argv = await eventually(
+                        lambda: asyncio.sleep(0, record.read_text().split("\n")),
+                        lambda lines: len(lines) > 3,
+                        "the terminal to be started",
+                    )
+                    assert argv[:3] == ["-e", "sh", "-c"]
+                    assert argv[3].startswith("nordwgctl status")
+                else:
+                    notice = await eventually(
+                        lambda: asyncio.sleep(0, desktop.notifications.received[-1:]),
+                        lambda n: bool(n) and n[0].summary == "NordVPN: Disconnected",
+                        "the status notification",
+                    )
+                    assert "Lockdown: off" in notice[0].body
+            finally:
+                tray.stop()
