@@ -66,7 +66,7 @@ if [ -z "$python" ]; then
     build_dir=$(mktemp -d "${TMPDIR:-/tmp}/nordwgd-build.XXXXXX")
     trap 'rm -rf "$build_dir"' EXIT
     # -L: nordwgd/data is a link to the top-level data/ directory.
-    cp -RL "$source_dir/pyproject.toml" "$source_dir/nordwgd" "$build_dir/"
+    cp -RL "$source_dir/pyproject.toml" "$source_dir/nordwgd" "$source_dir/nordwgd_tray" "$build_dir/"
     for extra in README.md LICENSE; do
         if [ -e "$source_dir/$extra" ]; then cp "$source_dir/$extra" "$build_dir/"; fi
     done
@@ -92,6 +92,16 @@ WRAPPER
 wrapper nordwgd nordwgd.daemon
 wrapper nordwgctl nordwgd.cli
 wrapper nordwgd-killswitch nordwgd.killswitch
+wrapper nordwgd-tray nordwgd_tray.__main__
+
+# The tray applet's icons, autostart and menu entries (the GNOME Shell extension has a flavour
+# per Shell generation, so it is installed by hand; see the README).
+for icon in "$source_dir"/data/icons/hicolor/scalable/status/*.svg; do
+    put 0644 "$icon" "/usr/share/icons/hicolor/scalable/status/${icon##*/}"
+done
+put 0644 "$source_dir/data/autostart/nordwgd-tray.desktop" /etc/xdg/autostart/nordwgd-tray.desktop
+put 0644 "$source_dir/data/applications/nordwgd-tray.desktop" \
+    /usr/share/applications/nordwgd-tray.desktop
 
 # systemd units, with the command paths rewritten for the prefix.
 for unit in "$source_dir"/units/*.service "$source_dir"/units/*.timer; do

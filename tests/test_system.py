@@ -505,5 +505,7 @@ def test_packaged_install_runs_from_its_own_virtualenv() -> None:
         assert "/usr/lib/nordwgd/bin/python" in cmdline
         status = json.loads(box.run(["nordwgctl", "status", "--json"]).stdout)
         assert status["State"] == "disconnected"
+        # The tray applet is packaged into the same venv.
+        assert "nordwgd-tray" in box.run(["nordwgd-tray", "--help"]).stdout
         box.run(["systemctl", "stop", "nordwgd.service"])
         assert box.unit_property("nordwgd.service", "Result") == "success"

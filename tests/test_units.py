@@ -120,6 +120,11 @@ def test_install_into_a_root(tmp_path: Path) -> None:
         "usr/share/dbus-1/system.d/org.nordwgd.Nordwgd1.conf",
         "usr/share/dbus-1/system-services/org.nordwgd.Nordwgd1.service",
         "usr/share/polkit-1/actions/org.nordwgd.nordwgd1.policy",
+        "usr/bin/nordwgd-tray",
+        "etc/xdg/autostart/nordwgd-tray.desktop",
+        "usr/share/applications/nordwgd-tray.desktop",
+        "usr/share/icons/hicolor/scalable/status/nordwgd-connected.svg",
+        "usr/share/icons/hicolor/scalable/status/nordwgd-error.svg",
     ]
     for name in expected:
         assert (tmp_path / name).is_file(), name
@@ -137,6 +142,13 @@ def test_install_into_a_root(tmp_path: Path) -> None:
         check=True,
     )
     assert version.stdout.startswith("nordwgd ")
+    tray = subprocess.run(
+        [str(tmp_path / "usr/bin/nordwgd-tray"), "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert tray.stdout.startswith("usage: nordwgd-tray")
 
 
 def test_install_keeps_an_existing_config(tmp_path: Path) -> None:
