@@ -213,7 +213,7 @@ class Manager:
     async def start(self) -> None:
         """Undo a killed process's leftovers, apply the initial policy, resume a wanted tunnel."""
         config = self._config
-        if self._catalog is None:
+        if self._catalog is None and config.provider == "nordvpn":
             self._catalog = await asyncio.to_thread(Catalog.load)
         self._planner = self._make_provider()
         settings = await asyncio.to_thread(load_settings, config)
