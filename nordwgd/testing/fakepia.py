@@ -60,7 +60,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import trustme
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -146,6 +145,8 @@ class PiaSetup:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
+        import trustme  # only the test run that writes the setup needs it
+
         ca = trustme.CA(organization_name="nordwgd test PIA CA")
         self.ca_cert.write_bytes(ca.cert_pem.bytes())
         names = {cn for region in self.regions for cn, _ in (*region.servers, *region.meta)}
