@@ -47,6 +47,7 @@ from nordwgd.config import (
 from nordwgd.errors import ConfigError, NordwgdError
 from nordwgd.firewall import Firewall, FirewallPolicy, policy_for_state
 from nordwgd.manager import SETTINGS_FILE, Settings, load_settings
+from nordwgd.model import IPAddress
 
 logger = logging.getLogger("nordwgd.killswitch")
 
@@ -65,14 +66,28 @@ def blocking_policy(config: Config, settings: Settings | None = None) -> Firewal
     settings = settings or Settings(network.lockdown, network.allow_lan)
     if not settings.lockdown:
         return None
+    # The provider's own API is what the daemon will ask first: only that is let through.
+    if config.provider == "pia":
+        api_addresses: tuple[IPAddress, ...] = ()
+        api_extra = tuple(
+            dict.fromkeys(
+                (
+                    *((meta.address, 443) for meta in config.pia.meta),
+                    *((address, 443) for address in config.pia.api_addresses),
+                )
+            )
+        )
+    else:
+        api_addresses, api_extra = config.api.addresses, ()
     return policy_for_state(
         "error",
         lockdown=True,
         allow_lan=settings.allow_lan,
         lan=network.lan,
         endpoint=None,
-        api_addresses=config.api.addresses,
+        api_addresses=api_addresses,
         api_port=config.api.port,
+        api_extra=api_extra,
         fwmark=network.fwmark,
         tunnel_interface=None,
         tunnel_dns=(),

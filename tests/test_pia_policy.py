@@ -1,0 +1,108 @@
+"""What the firewall lets through for PIA: its servers while connecting, the forwarded port."""
+
+from __future__ import annotations
+
+from ipaddress import ip_address
+from pathlib import Path
+
+from nordwgd.config import parse_config
+from nordwgd.firewall.policy import policy_for_state
+from nordwgd.firewall.render import render
+from nordwgd.killswitch import blocking_policy
+from nordwgd.model import Endpoint
+
+PIA_CONFIG = """
+provider = "pia"
+[network]
+lockdown = true
+[pia]
+meta = ["london401@198.51.100.20"]
+api_addresses = ["198.51.100.30"]
+"""
+
+
+def connected(**changes: object) -> str:
+    values: dict[str, object] = {
+        "lockdown": False,
+        "allow_lan": False,
+        "lan": (),
+        "endpoint": Endpoint(ip_address("203.0.113.11")),
+        "api_addresses": (),
+        "api_port": 443,
+        "fwmark": 0xCA6C,
+        "tunnel_interface": "pia0",
+        "tunnel_dns": (ip_address("198.51.100.53"),),
+        "ipv6_tunnel": False,
+        "api_extra": ((ip_address("203.0.113.11"), 1337), (ip_address("198.51.100.20"), 443)),
+        **changes,
+    }
+    return render(policy_for_state("connected", **values))  # type: ignore[arg-type]
+
+
+def test_the_early_kill_switch_opens_pias_servers_not_nordvpns() -> None:
+    policy = blocking_policy(parse_config(PIA_CONFIG, Path("nordwgd.toml")))
+    assert policy is not None
+    assert policy.api_addresses == ()
+    assert set(policy.api_extra) == {
+        (ip_address("198.51.100.20"), 443),
+        (ip_address("198.51.100.30"), 443),
+    }
+    rules = render(policy)
+    assert "ip daddr 198.51.100.20 tcp dport 443 accept" in rules
+    assert "104.16.208.203" not in rules
+
+
+def test_pia_servers_are_reached_by_the_daemon_only_on_their_ports() -> None:
+    rules = connected()
+    assert "meta mark 0x0000ca6c ip daddr 203.0.113.11 tcp dport 1337 accept" in rules
+    assert "meta mark 0x0000ca6c ip daddr 198.51.100.20 tcp dport 443 accept" in rules
+
+
+def test_the_forwarded_port_comes_in_from_the_tunnel_only() -> None:
+    without = connected()
+    assert "forwarded port" not in without
+    rules = connected(forwarded_port=47047)
+    assert (
+        'iifname "pia0" meta l4proto { tcp, udp } th dport 47047 accept comment "forwarded port"'
+        in rules
+    )
+    assert "dnat" not in rules
+    # Not in the other states, whatever the caller passes.
+    connecting = render(
+        policy_for_state(
+            "connecting",
+            lockdown=False,
+            allow_lan=False,
+            lan=(),
+            endpoint=None,
+            api_addresses=(),
+            api_port=443,
+            fwmark=0xCA6C,
+            tunnel_interface=None,
+            tunnel_dns=(),
+            ipv6_tunnel=False,
+            forwarded_port=47047,
+        )
+    )
+    assert "47047" not in connecting
+
+
+def test_gateway_mode_sends_the_port_to_one_lan_host() -> None:
+    rules = connected(forwarded_port=47047, forward_port_to=(ip_address("192.168.7.20"), 8080))
+    assert (
+        'iifname "pia0" meta l4proto { tcp, udp } th dport 47047 dnat ip to 192.168.7.20:8080'
+        in rules
+    )
+    assert (
+        'iifname "pia0" ip daddr 192.168.7.20 meta l4proto { tcp, udp } th dport 8080 '
+        "ct status dnat accept" in rules
+    )
+
+
+def test_a_port_target_outside_the_local_networks_is_refused() -> None:
+    import pytest
+
+    from nordwgd.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="forward_to"):
+        connected(forwarded_port=1, forward_port_to=(ip_address("203.0.113.9"), 80))
