@@ -78,21 +78,22 @@ else
     [ -x "$root$python" ] || [ -x "$python" ] || die "--python $python is not executable"
 fi
 
-wrapper() { # wrapper NAME MODULE: a command that runs MODULE.main() with the chosen python
-    say "write $root$bindir/$1 -> $python ($2.main)"
+wrapper() { # wrapper NAME FUNCTION: a command that runs nordwgd.launch.FUNCTION() (the checked
+    # entry points of pyproject.toml's console scripts) with the chosen python
+    say "write $root$bindir/$1 -> $python (nordwgd.launch.$2)"
     mkdir -p "$root$bindir"
     cat > "$root$bindir/$1.tmp" <<WRAPPER
 #!/bin/sh
 # Installed by nordwgd's packaging/install.sh.
-exec '$python' -I -B -c 'import sys; sys.argv[0] = "$1"; from $2 import main; sys.exit(main())' "\$@"
+exec '$python' -I -B -c 'import sys; sys.argv[0] = "$1"; from nordwgd.launch import $2; sys.exit($2())' "\$@"
 WRAPPER
     chmod 0755 "$root$bindir/$1.tmp"
     mv -f "$root$bindir/$1.tmp" "$root$bindir/$1"
 }
-wrapper nordwgd nordwgd.daemon
-wrapper nordwgctl nordwgd.cli
-wrapper nordwgd-killswitch nordwgd.killswitch
-wrapper nordwgd-tray nordwgd_tray.__main__
+wrapper nordwgd daemon
+wrapper nordwgctl cli
+wrapper nordwgd-killswitch killswitch
+wrapper nordwgd-tray tray
 
 # The tray applet's icons, autostart and menu entries (the GNOME Shell extension has a flavour
 # per Shell generation, so it is installed by hand; see the README).

@@ -80,7 +80,14 @@ def _info(package: Path) -> str:
 
 
 def test_two_packages(packages: dict[str, Path]) -> None:
-    assert sorted(packages) == ["nordwgd", "nordwgd-tray"]
+    assert sorted(packages) == ["gnome-shell-extension-nordwgd", "nordwgd", "nordwgd-tray"]
+
+
+def test_the_gnome_shell_extension_package(packages: dict[str, Path]) -> None:
+    files = set(_listing(packages["gnome-shell-extension-nordwgd"]))
+    where = "usr/share/gnome-shell/extensions/nordwgd@nordwgd.org"
+    assert {f"{where}/metadata.json", f"{where}/extension.js"} <= files
+    assert "depend = gnome-shell>=45" in _info(packages["gnome-shell-extension-nordwgd"])
 
 
 def test_the_daemon_package_has_what_a_user_needs(packages: dict[str, Path]) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,6 +280,8 @@ def test_remove_opens_the_firewall_when_not_in_lockdown(box: Container) -> None:
     current = _env("NORDWGD_PKG_VERSION")
     _apt(box, "install", *(f"{package}={current}" for package in PACKAGES))
     wait_for("the daemon", lambda: box.unit_property(DAEMON, "ActiveState") == "active")
+    # Removal kept the stored choices (only purge forgets them).
+    assert get_property(box, "Lockdown") == "b true"
     busctl(box, "call", *BUS, "SetLockdown", "b", "false")
     # The reinstalled daemon may be back in the tunnel it kept (it was removed while connected):
     # start from a settled disconnect so that the connection below is this test's own.
@@ -320,3 +323,27 @@ def test_purge_leaves_nothing_behind(box: Container) -> None:
     assert named == [], named
     listing = box.run(["dpkg", "-l", "nordwgd", "nordwgd-tray"], check=False).stdout
     assert "ii " not in listing and "rc " not in listing
+
+
+def test_the_gnome_shell_extension_package_for_debian_12() -> None:
+    """Its files (installing it needs GNOME Shell, which the container does not have)."""
+    repo = Path(_env("NORDWGD_PKG_REPO"))
+    version = _env("NORDWGD_PKG_VERSION")
+    (deb,) = repo.glob(f"gnome-shell-extension-nordwgd_{version}_all.deb")
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout
+    where = "./usr/share/gnome-shell/extensions/nordwgd@nordwgd.org"
+    assert f"{where}/metadata.json" in listing and f"{where}/extension.js" in listing
+    metadata = subprocess.run(
+        ["sh", "-c", f"dpkg-deb --fsys-tarfile {shlex.quote(str(deb))} | "
+         f"tar -xOf - {where}/metadata.json"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    info = json.loads(metadata)
+    assert info["uuid"] == "nordwgd@nordwgd.org"
+    assert "43" in info["shell-version"]  # Debian 12's GNOME Shell
+    fields = subprocess.run(
+        ["dpkg-deb", "--field", str(deb), "Depends"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "gnome-shell (>= 43)" in fields and "gnome-shell (<< 45)" in fields
