@@ -1,6 +1,9 @@
 """Connect time: the Connect D-Bus call until State=connected (handshake verified), against
-``wg-quick up`` of an equivalent configuration on the same backend (wireguard-go) plus the
-equivalent kill-switch table loaded with ``nft -f`` and the first handshake, in one world.
+``wg-quick up`` of an equivalent configuration on the same backend plus the equivalent
+kill-switch table loaded with ``nft -f`` and the first handshake, in one world.
+
+The backend is wireguard-go by default; ``run(backend="kernel")`` (in a kernel with WireGuard,
+see bench/bench_uml.py) has the daemon, wg-quick and the fake servers all on kernel WireGuard.
 
 Runs alternate (daemon, baseline, daemon, ...) so that load on the machine hits both alike.
 The baseline configuration carries no DNS line: wg-quick would hand it to resolvconf, which
@@ -22,7 +25,8 @@ from nordwgd.errors import TunnelFailed
 from nordwgd.firewall.policy import policy_for_state
 from nordwgd.firewall.render import render
 from nordwgd.model import NORDLYNX_ADDRESS, Endpoint, TunnelParams
-from nordwgd.testing.world import World
+from nordwgd.testing import netns as ns
+from nordwgd.testing.world import ServerBackend, World
 from nordwgd.wgconf import ALL_IPV4, render_wg_quick
 from nordwgd.wireguard.uapi import GET_REQUEST, exchange_sync, parse_get, socket_path
 
@@ -43,7 +47,12 @@ def _baseline_config(world: World, hostname: str) -> tuple[str, TunnelParams]:
     return render_wg_quick(params), params
 
 
-def _handshake_and_rx(interface: str) -> bool:
+def _handshake_and_rx(world: World, interface: str, backend: ServerBackend) -> bool:
+    if backend == "kernel":
+        # What a script would poll: wg show, which reads the kernel over netlink.
+        dump = ns.ns_exec(world.host_ns, ["wg", "show", interface, "dump"], check=False)
+        peers = [line.split("\t") for line in dump.stdout.splitlines()[1:]]
+        return any(int(peer[4]) > 0 and int(peer[5]) > 0 for peer in peers)
     try:
         state = parse_get(exchange_sync(socket_path(interface), GET_REQUEST))
     except (OSError, TunnelFailed):
@@ -51,7 +60,9 @@ def _handshake_and_rx(interface: str) -> bool:
     return any(peer.latest_handshake > 0 and peer.rx_bytes > 0 for peer in state.peers)
 
 
-def _baseline_once(world: World, conf: Path, params: TunnelParams, interface: str) -> float:
+def _baseline_once(
+    world: World, conf: Path, params: TunnelParams, interface: str, backend: ServerBackend
+) -> float:
     policy = policy_for_state(
         "connected",
         lockdown=False,
@@ -66,11 +77,10 @@ def _baseline_once(world: World, conf: Path, params: TunnelParams, interface: st
         ipv6_tunnel=False,
     )
     script = render(policy)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "WG_QUICK_USERSPACE_IMPLEMENTATION": "wireguard-go",
-        "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
-    }
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    if backend == "userspace":
+        env["WG_QUICK_USERSPACE_IMPLEMENTATION"] = "wireguard-go"
+        env["WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"] = "1"
     netns = ["ip", "netns", "exec", world.host_ns]
     start = time.perf_counter()
     try:
@@ -79,7 +89,7 @@ def _baseline_once(world: World, conf: Path, params: TunnelParams, interface: st
         subprocess.run([*netns, "nft", "-f", "-"], input=script.encode(), check=True,
                        capture_output=True, timeout=30)  # fmt: skip
         deadline = time.monotonic() + 15
-        while not _handshake_and_rx(interface):
+        while not _handshake_and_rx(world, interface, backend):
             if time.monotonic() > deadline:
                 raise TimeoutError("baseline: no handshake within 15 s")
             time.sleep(POLL)
@@ -104,7 +114,9 @@ async def _daemon_once(client: Client) -> tuple[float, str]:
     return elapsed, hostname
 
 
-async def _measure(world: World, address: str, runs: int, directory: Path) -> dict[str, object]:
+async def _measure(
+    world: World, address: str, runs: int, directory: Path, backend: ServerBackend
+) -> dict[str, object]:
     client = await Client.open(address)
     daemon_times: list[float] = []
     baseline_times: list[float] = []
@@ -119,13 +131,14 @@ async def _measure(world: World, address: str, runs: int, directory: Path) -> di
             with os.fdopen(fd, "w") as file:
                 file.write(text)
             baseline_times.append(
-                await asyncio.to_thread(_baseline_once, world, conf, params, interface)
+                await asyncio.to_thread(_baseline_once, world, conf, params, interface, backend)
             )
     finally:
         client.close()
     daemon, baseline = median(daemon_times), median(baseline_times)
     return {
         "name": "connect",
+        "backend": backend,
         "runs": runs,
         "nordwgd_ms_median": ms(daemon),
         "baseline_ms_median": ms(baseline),
@@ -135,18 +148,20 @@ async def _measure(world: World, address: str, runs: int, directory: Path) -> di
     }
 
 
-def run(runs: int = 5) -> dict[str, object]:
+def run(runs: int = 5, backend: ServerBackend = "userspace") -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="nordwgd-bench-connect-") as tmp:
         directory = Path(tmp)
-        world = World.build(directory / "world")
+        world = World.build(directory / "world", server_backend=backend)
         try:
             with private_bus() as address:
-                config = world.write_config(directory / "nordwgd.toml", log_level="info")
+                config = world.write_config(
+                    directory / "nordwgd.toml", log_level="info", network={"backend": backend}
+                )
                 daemon = Daemon(address, world.host_ns, config, directory / "daemon.log")
                 daemon.spawn()
                 try:
                     asyncio.run(wait_for_name(address))
-                    result = asyncio.run(_measure(world, address, runs, directory))
+                    result = asyncio.run(_measure(world, address, runs, directory, backend))
                 except BaseException:
                     print(daemon.log_tail())
                     raise
@@ -155,7 +170,7 @@ def run(runs: int = 5) -> dict[str, object]:
         finally:
             world.close()
     print(
-        f"connect: nordwgd {result['nordwgd_ms_median']} ms, wg-quick+nft "
+        f"connect ({backend}): nordwgd {result['nordwgd_ms_median']} ms, wg-quick+nft "
         f"{result['baseline_ms_median']} ms, ratio {result['ratio']} (median of {runs})"
     )
     return result

@@ -77,12 +77,13 @@ class Pair:
     resolv_conf: Path
     runtime_dir: Path
     extra_cleanup: list[Any] = field(default_factory=list)
+    backend: str = "userspace"  # the client's; the server always runs wireguard-go
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
         value: dict[str, Any] = {
             "interface": self.client_ifname, "table": 51820, "fwmark": 0xCA6C,
             "resolv_conf": str(self.resolv_conf), "runtime_dir": str(self.runtime_dir),
-            "lan": [LAN],
+            "lan": [LAN], "backend": self.backend,
         }
         value.update(overrides)
         return value
@@ -119,6 +120,12 @@ class Pair:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
+    with pair_in_namespaces(tmp_path, backend="userspace") as made:
+        yield made
+
+
+@contextlib.contextmanager
+def pair_in_namespaces(tmp_path: Path, *, backend: str) -> Iterator[Pair]:
     suffix = secrets.token_hex(3)
     client, server = f"nwtc-{suffix}", f"nwts-{suffix}"
     server_if = f"nwts{suffix}"
@@ -127,7 +134,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text("nameserver 192.0.2.53\noptions edns0\n")
     world = Pair(suffix, client, server, tmp_path, server_public, client_private,
-                 f"nwtc{suffix}", resolv_conf, tmp_path / "run")
+                 f"nwtc{suffix}", resolv_conf, tmp_path / "run", backend=backend)
     try:
         for ns in (client, server):
             run("ip", "netns", "add", ns)
@@ -511,13 +518,14 @@ async def _serve() -> None:
         try:
             if op == "init":
                 s = command["settings"]
+                backend = s.get("backend", "userspace")
                 config = Config(
                     dns=DnsConfig(resolv_conf=Path(s["resolv_conf"])),
                     network=replace(NetworkConfig(), interface=s["interface"],
-                                    backend="userspace", table=s["table"], fwmark=s["fwmark"],
+                                    backend=backend, table=s["table"], fwmark=s["fwmark"],
                                     lan=tuple(ip_network(n) for n in s["lan"])),
                     paths=PathsConfig(runtime_dir=Path(s["runtime_dir"])))
-                connection = Connection(config, open_backend("userspace"),
+                connection = Connection(config, open_backend(backend),
                                         config.paths.runtime_dir)
             elif op == "exit":
                 print(json.dumps(reply), flush=True)

@@ -34,7 +34,7 @@ from ipaddress import IPv4Network, ip_network
 from itertools import count
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from nordwgd.model import Secret
 from nordwgd.testing import netns as ns
@@ -54,6 +54,8 @@ SERVER_TUNNEL_ADDRESS = "10.5.0.1/16"
 UPLINK = "eth0"
 UPLINK_ROUTER = "lan-host"
 _READY_TIMEOUT = 20.0
+# The fake VPN servers' WireGuard: wireguard-go everywhere, or the kernel's where it has one.
+ServerBackend = Literal["userspace", "kernel"]
 _worlds = count()
 
 
@@ -109,10 +111,12 @@ class World:
         tmp_dir: Path,
         n_servers: int = 3,
         specs: Sequence[ServerSpec] | None = None,
+        server_backend: ServerBackend = "userspace",
     ) -> None:
         self.id = f"{ns.RUN_ID}{next(_worlds) % 1296:02x}"
         self.tmp_dir = Path(tmp_dir)
         self.specs = list(specs) if specs is not None else default_specs(n_servers)
+        self.server_backend = server_backend
         if len(self.specs) > 36:
             raise ValueError("a world has at most 36 servers")
         self.host_ns = f"{ns.NETNS_PREFIX}-{self.id}-host"
@@ -146,9 +150,13 @@ class World:
 
     @classmethod
     def build(
-        cls, tmp_dir: Path, n_servers: int = 3, specs: Sequence[ServerSpec] | None = None
+        cls,
+        tmp_dir: Path,
+        n_servers: int = 3,
+        specs: Sequence[ServerSpec] | None = None,
+        server_backend: ServerBackend = "userspace",
     ) -> World:
-        world = cls(tmp_dir, n_servers=n_servers, specs=specs)
+        world = cls(tmp_dir, n_servers=n_servers, specs=specs, server_backend=server_backend)
         try:
             world._build()
         except BaseException:
@@ -236,7 +244,10 @@ class World:
         )
         interface = f"ws{self.id}{_base36(index)}"
         private, public = generate_keypair()
-        self._start_wireguard(name, interface, Secret(private))
+        if self.server_backend == "kernel":
+            self._start_kernel_wireguard(name, interface, Secret(private))
+        else:
+            self._start_wireguard(name, interface, Secret(private))
         ns.ip(name, "addr", "add", SERVER_TUNNEL_ADDRESS, "dev", interface)
         ns.ip(name, "link", "set", interface, "up")
         real_key = public if spec.public_key is not None else None
@@ -294,6 +305,16 @@ class World:
                 allowed_ips=(ip_network(f"{CLIENT_TUNNEL_ADDRESS}/32"),),
             ),
         )
+
+    def _start_kernel_wireguard(self, netns: str, interface: str, private_key: Secret) -> None:
+        ns.ip(netns, "link", "add", interface, "type", "wireguard")
+        key_file = self.tmp_dir / f"{interface}.key"
+        _write_private(key_file, private_key.reveal() + "\n")
+        argv = ["wg", "set", interface, "listen-port", "51820", "private-key", str(key_file)]
+        for peer in self._static_peers():
+            allowed = ",".join(str(network) for network in peer.allowed_ips)
+            argv += ["peer", peer.public_key, "allowed-ips", allowed]
+        ns.ns_exec(netns, argv)
 
     def _start_services(self) -> None:
         assert self.pki is not None
