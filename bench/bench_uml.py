@@ -19,6 +19,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,7 +62,7 @@ def _wireguard_link(netns: str, ifname: str, backend: ServerBackend) -> None:
 
 
 @contextmanager
-def _tunnels() -> Iterator[dict[str, str]]:
+def _tunnels(directory: Path) -> Iterator[dict[str, str]]:
     """Namespaces "a" and "b" on a veth, with one tunnel of each backend between them."""
     suffix = secrets.token_hex(3)
     names = {"a": f"nwgt-ua-{suffix}", "b": f"nwgt-ub-{suffix}"}
@@ -78,11 +79,14 @@ def _tunnels() -> Iterator[dict[str, str]]:
             links.append(ifname)
             for side, other, host, peer_ip in (("a", "b", 1, "192.0.2.2"), ("b", "a", 2, "")):
                 _wireguard_link(names[side], ifname, backend)
-                argv = ["wg", "set", ifname, "private-key", "/dev/stdin", "listen-port", str(port)]
+                key_file = directory / f"{side}.key"
+                key_file.touch(mode=0o600)
+                key_file.write_text(keys[side][0] + "\n")
+                argv = ["wg", "set", ifname, "private-key", str(key_file), "listen-port", str(port)]
                 argv += ["peer", keys[other][1], "allowed-ips", f"{subnet}.{3 - host}/32"]
                 if peer_ip:
                     argv += ["endpoint", f"{peer_ip}:{port}"]
-                ns.ns_exec(names[side], argv, input=keys[side][0] + "\n")
+                ns.ns_exec(names[side], argv)
                 ns.ip(names[side], "address", "add", f"{subnet}.{host}/24", "dev", ifname)
                 ns.ip(names[side], "link", "set", ifname, "up")
         yield names
@@ -118,7 +122,10 @@ def _transfer(names: dict[str, str], address: str) -> float:
 
 def throughput(repeats: int = TRANSFER_REPEATS) -> dict[str, object]:
     measured: dict[str, list[float]] = {backend: [] for backend in TUNNELS}
-    with _tunnels() as names:
+    with (
+        tempfile.TemporaryDirectory(prefix="nordwgd-bench-uml-") as tmp,
+        _tunnels(Path(tmp)) as names,
+    ):
         for _ in range(repeats):
             for backend, (subnet, _port) in TUNNELS.items():
                 measured[backend].append(_transfer(names, f"{subnet}.2"))

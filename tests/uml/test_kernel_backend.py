@@ -49,15 +49,12 @@ class Peers:
     server_public: str
 
 
-def _wg_set(netns: str, ifname: str, private: str, *args: str) -> None:
-    ns.run(
-        ["ip", "netns", "exec", netns, "wg", "set", ifname, "private-key", "/dev/stdin", *args],
-        input=private + "\n",
-    )
+def _wg_set(netns: str, ifname: str, key_file: Path, *args: str) -> None:
+    ns.ns_exec(netns, ["wg", "set", ifname, "private-key", str(key_file), *args])
 
 
 @pytest.fixture
-def peers() -> Iterator[Peers]:
+def peers(tmp_path: Path) -> Iterator[Peers]:
     client = ns.unique_name("nwgt-kc-", limit=64)
     server = ns.unique_name("nwgt-ks-", limit=64)
     made: list[str] = []
@@ -72,10 +69,13 @@ def peers() -> Iterator[Peers]:
         client_private, client_public = generate_keypair()
         server_if = ns.unique_name("wks")
         ns.ip(server, "link", "add", server_if, "type", "wireguard")
+        key_file = tmp_path / "server.key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(server_private + "\n")
         _wg_set(
             server,
             server_if,
-            server_private,
+            key_file,
             *("listen-port", "51820", "peer", client_public),
             *("allowed-ips", f"{CLIENT_TUNNEL}/32"),
         )
