@@ -32,7 +32,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("httpx", (0, 27), (1,), "httpx"),
     Requirement("httpcore", (1, 0), (2,), "httpcore", "AsyncNetworkStream"),
     Requirement("anyio", (4, 10), (5,), "anyio", "abc.SocketStream.from_socket"),
-    Requirement("pyroute2", (0, 7, 2), (1,), "pyroute2"),
+    Requirement("pyroute2", (0, 7, 2), (0, 10), "pyroute2"),
     Requirement("jinja2", (3, 1), (4,), "jinja2"),
     Requirement(
         "cryptography", (38,), (51,), "cryptography", "hazmat.primitives.asymmetric.x25519"
