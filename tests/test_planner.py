@@ -281,10 +281,10 @@ async def test_refused_token_is_auth_failed(api: NordVpnApi, catalog: Catalog) -
         await planner.plan(Target(), 0, frozenset())
 
 
-def saw_request(fake: FakeApi, path: str, within: float = 10.0) -> bool:
-    """Whether the fake API sees a request for ``path`` within ``within`` seconds (blocks)."""
+def saw_requests(fake: FakeApi, paths: set[str], within: float = 30.0) -> bool:
+    """Whether the fake API sees a request for each of ``paths`` within ``within`` s (blocks)."""
     deadline = time.monotonic() + within
-    while not any(seen == path for _, seen, _, _ in fake.requests):
+    while not paths <= {seen for _, seen, _, _ in fake.requests}:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
@@ -292,20 +292,26 @@ def saw_request(fake: FakeApi, path: str, within: float = 10.0) -> bool:
 
 
 async def test_credentials_and_servers_are_asked_for_together(
-    planner: Planner, fake: FakeApi
+    catalog: Catalog, token: Token, fake: FakeApi, pki: Pki
 ) -> None:
     credentials = "/v1/users/services/credentials"
     fake.set_fault("hang", paths=credentials)
+    # The hang must outlast the check: with a short request timeout the credentials call could
+    # end (and the attempt with it) before a loaded machine has sent the server request.
+    api = NordVpnApi(replace(api_config(fake, pki), timeout=120.0), backoff=0.01, max_delay=0.05)
+    planner = make_planner(api, catalog, token)
     attempt = asyncio.create_task(planner.plan(planner.resolve({"country": "DE"}), 0, frozenset()))
     try:
-        # While the credentials call hangs, the server list is asked for all the same.
-        assert await asyncio.to_thread(saw_request, fake, "/v1/servers/recommendations")
-        assert any(path == credentials for _, path, _, _ in fake.requests)
+        # While the credentials call hangs, the server list is asked for all the same. The two
+        # requests reach the fake in either order.
+        wanted = {credentials, "/v1/servers/recommendations"}
+        assert await asyncio.to_thread(saw_requests, fake, wanted), fake.requests
         assert not attempt.done()
     finally:
         attempt.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await attempt
+        await api.aclose()
 
 
 async def test_a_failed_credentials_call_fails_the_plan_while_servers_answer(

@@ -88,8 +88,22 @@ def secret_forms(stack: Stack) -> dict[str, str]:
     }
 
 
+@dataclass
+class SignalMonitor:
+    """The monitoring client, and the signals it printed before it was subscribed to all."""
+
+    process: subprocess.Popen[str]
+    early: list[str]
+
+    def stop(self) -> str:
+        """Every line of signals it printed, early ones included."""
+        assert self.process.stdout is not None
+        self.process.terminate()
+        return "".join(self.early) + self.process.stdout.read()
+
+
 @pytest.fixture
-def signal_monitor(stack: Stack) -> Iterator[subprocess.Popen[str]]:
+def signal_monitor(stack: Stack) -> Iterator[SignalMonitor]:
     process = subprocess.Popen(
         [PYTHON, "-c", _SIGNAL_MONITOR, stack.bus.address],
         stdout=subprocess.PIPE,
@@ -99,8 +113,14 @@ def signal_monitor(stack: Stack) -> Iterator[subprocess.Popen[str]]:
         env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(REPO)},
     )
     try:
-        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
-        yield process
+        # The bus sends NameAcquired to every new connection, and it may reach the handler
+        # before the AddMatch reply: a signal can come before "ready" and is evidence too.
+        assert process.stdout is not None
+        early = []
+        while (line := process.stdout.readline()) not in ("", "ready\n"):
+            early.append(line)
+        assert line == "ready\n", f"the signal monitor ended before it was ready: {early}"
+        yield SignalMonitor(process, early)
     finally:
         if process.poll() is None:
             process.terminate()
@@ -156,7 +176,7 @@ def check_files(directories: Iterable[Path], secrets: dict[str, str]) -> list[st
 
 
 def test_no_secret_leaves_a_debug_session(
-    stack: Stack, signal_monitor: subprocess.Popen[str], ledger: ScenarioRecorder
+    stack: Stack, signal_monitor: SignalMonitor, ledger: ScenarioRecorder
 ) -> None:
     stack.reset()
     world, client = stack.world, stack.client
@@ -228,9 +248,7 @@ def test_no_secret_leaves_a_debug_session(
     finally:
         world.fault(None)
     stack.daemon.terminate()  # its last words are in the log too
-    assert signal_monitor.stdout is not None
-    signal_monitor.terminate()
-    signals = signal_monitor.stdout.read()
+    signals = signal_monitor.stop()
 
     log = stack.daemon.log.read_text(errors="replace")
     evidence.add("daemon log", log)
