@@ -713,7 +713,7 @@ def parse_config(text: str, path: Path) -> Config:
     def section(name: str) -> _Table:
         return _Table(src, name, top.table(name), _SECTIONS[name])
 
-    return Config(
+    config = Config(
         location=_location(section("location")),
         dns=_dns(section("dns")),
         network=_network_section(section("network")),
@@ -728,6 +728,23 @@ def parse_config(text: str, path: Path) -> Config:
         log_level=top.get("log_level", _choice(LOG_LEVELS), "info"),
         source=path,
     )
+    _check_port_forward(src, config)
+    return config
+
+
+def _check_port_forward(src: _Source, config: Config) -> None:
+    """Port forwarding settings that cannot work with the rest of the config."""
+    forward = config.port_forward
+    if forward.enabled and config.provider != "pia":
+        raise src.error(
+            "port_forward.enabled",
+            f'needs provider = "pia" (provider {config.provider} forwards no ports)',
+        )
+    if forward.forward_to and config.network.mode != "gateway":
+        raise src.error(
+            "port_forward.forward_to",
+            f'needs network.mode = "gateway" (the mode is {config.network.mode!r})',
+        )
 
 
 def read_config_bytes(path: Path) -> bytes | None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from ipaddress import ip_address
 from pathlib import Path
 
+import pytest
+
 from nordwgd.config import parse_config
+from nordwgd.errors import ConfigError, InvalidArgument
 from nordwgd.firewall.policy import policy_for_state
 from nordwgd.firewall.render import render
 from nordwgd.killswitch import blocking_policy
@@ -100,9 +103,30 @@ def test_gateway_mode_sends_the_port_to_one_lan_host() -> None:
 
 
 def test_a_port_target_outside_the_local_networks_is_refused() -> None:
-    import pytest
-
-    from nordwgd.errors import InvalidArgument
-
     with pytest.raises(InvalidArgument, match="forward_to"):
         connected(forwarded_port=1, forward_port_to=(ip_address("203.0.113.9"), 80))
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[port_forward]\nenabled = true\n", 'port_forward.enabled: needs provider = "pia"'),
+        (
+            'provider = "pia"\n[port_forward]\nforward_to = "192.168.1.5:80"\n',
+            'port_forward.forward_to: needs network.mode = "gateway"',
+        ),
+        (
+            'provider = "pia"\n[network]\nmode = "gateway"\n[port_forward]\n'
+            'forward_to = "203.0.113.5:80"\n',
+            "port_forward.forward_to",
+        ),
+        ('provider = "pia"\n[pia]\nmeta = ["198.51.100.1"]\n', "NAME@ADDRESS"),
+        ('provider = "pia"\n[port_forward]\nhook = ["hook.sh"]\n', "absolute path"),
+        ('provider = "expressvpn"\n', "must be one of nordvpn, pia"),
+    ],
+)
+def test_impossible_pia_settings_are_refused_naming_the_key(text: str, words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, Path("/etc/nordwgd/nordwgd.toml"))
+    assert words in caught.value.message
+    assert caught.value.message.startswith("/etc/nordwgd/nordwgd.toml:")
