@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from dbus_fast import Variant
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from nordwgd import errors
@@ -478,6 +478,7 @@ def test_server_host_names(tried: Counter, text: str) -> None:
 
 @FUZZ
 @given(text=st.text(max_size=600))
+@example(text="toke")
 def test_token_validation_never_echoes(tried: Counter, text: str) -> None:
     tried()
     result = only_typed(lambda: validate_token(text))
