@@ -149,7 +149,7 @@ class PortForwardConfig:
     """[port_forward]: a port opened on the VPN server and forwarded through the tunnel (PIA)."""
 
     enabled: bool = False
-    hook: tuple[str, ...] = ()  # a command and its arguments, run (no shell) on each new port
+    hook: tuple[str, ...] = ()  # run (no shell) on each new port, and with 0 when it goes
     hook_timeout: float = 30.0
     bind_interval: float = 900.0  # PIA releases a port not bound again within 15 minutes
     renew_before: float = 7 * 86400.0  # ask for a new port signature when less time remains

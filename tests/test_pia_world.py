@@ -337,6 +337,12 @@ def test_connect_forward_a_port_to_the_host_and_run_the_hook(
     props = driver.wait(30.0, State="disconnected")
     assert props["ForwardedPort"] == 0
     assert not (tmp_path / "run" / "forwarded-port").exists()
+    # The hook was told the port went, so it can close what it opened.
+    gone = tmp_path / "hook-env.0"
+    assert eventually(gone.exists)
+    lines = dict(line.split("=", 1) for line in gone.read_text().splitlines())
+    assert lines["NORDWGD_PORT"] == "0"
+    assert lines["NORDWGD_INTERFACE"] == world.interface
 
 
 def test_a_busy_port_gets_a_new_one_and_the_hook_sees_it(
@@ -352,6 +358,11 @@ def test_a_busy_port_gets_a_new_one_and_the_hook_sees_it(
     assert (tmp_path / f"hook-env.{first}").exists()
     assert eventually(lambda: (tmp_path / f"hook-env.{second}").exists())
     assert (tmp_path / "run" / "forwarded-port").read_text() == f"{second}\n"
+    # A new port replaces the old one without a 0 in between; the disconnect gives the 0.
+    assert not (tmp_path / "hook-env.0").exists()
+    driver.call("disconnect")
+    driver.wait(30.0, State="disconnected")
+    assert eventually((tmp_path / "hook-env.0").exists)
 
 
 def test_the_signature_is_reused_after_a_reconnect(

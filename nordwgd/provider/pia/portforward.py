@@ -11,7 +11,10 @@ Each new port is published: ``on_port`` (the ``ForwardedPort`` property), the fi
 ``<runtime_dir>/forwarded-port`` (the number and a newline, for units that watch it) and the
 hook (``port_forward.hook``), run without a shell, with ``NORDWGD_PORT``,
 ``NORDWGD_INTERFACE`` and ``NORDWGD_TUNNEL_ADDRESS`` as its only variables besides ``PATH``,
-killed after ``hook_timeout`` seconds; its exit status and output go to the journal.
+killed after ``hook_timeout`` seconds; its exit status and output go to the journal. When the
+port goes (the tunnel goes down, a disconnect) the port becomes 0: the file is removed and the
+hook runs once more with ``NORDWGD_PORT=0`` (and the interface and address the port was on),
+so that it can close what it opened.
 """
 
 from __future__ import annotations
@@ -210,7 +213,8 @@ class PortForwarder:
         except OSError as error:
             log.error("cannot write %s: %s", self._runtime_dir / PORT_FILE, error)
         self._on_port(port)
-        if port and self._config.hook:
+        # Port 0 too: a hook that opened something for the port closes it then.
+        if self._config.hook:
             await run_hook(
                 self._config.hook,
                 {
