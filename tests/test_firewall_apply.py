@@ -500,3 +500,25 @@ def test_iptables_backend_basics(pair: Pair) -> None:
     assert saved.count("-A OUTPUT -j NORDWGD-OUTPUT") == 1
     assert "applied=False" in pair.remove(backend="iptables")
     assert pair.ping(INTERNET) and pair.ping("fd00:77::1")
+
+
+@pytest.mark.parametrize("backend", ["nftables", "iptables"])
+def test_the_forwarded_port_is_sent_on_to_one_lan_host(pair: Pair, backend: str) -> None:
+    """Gateway mode: a datagram in through the tunnel to the port is DNATed to the LAN host."""
+    run("ip", "netns", "exec", pair.host, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+    def from_tunnel(port: int) -> None:
+        # The tunnel's far end sends to the host's tunnel address, as the VPN server would.
+        run("ip", "netns", "exec", pair.peer, "/usr/bin/python3", "-c", PROBE,
+            "udp", "10.5.0.2", str(port), "0")  # fmt: skip
+
+    on_to_lan = f"iifname peer ip daddr {LAN_PEER} udp dport 8080"
+    pair.apply(policy("connected", forwarded_port=47047), backend=backend)
+    assert pair.arrived(on_to_lan, lambda: from_tunnel(47047)) == 0
+    pair.apply(
+        policy("connected", forwarded_port=47047, forward_port_to=(ip_address(LAN_PEER), 8080)),
+        backend=backend,
+    )
+    assert pair.arrived(on_to_lan, lambda: from_tunnel(47047)) == 1
+    assert pair.arrived(on_to_lan, lambda: from_tunnel(47048)) == 0
+    assert "applied=False" in pair.remove(backend=backend)

@@ -9,7 +9,8 @@ import pytest
 
 from nordwgd.config import parse_config
 from nordwgd.errors import ConfigError, InvalidArgument
-from nordwgd.firewall.policy import policy_for_state
+from nordwgd.firewall.iptables import SavedState, parse_save, render_restore
+from nordwgd.firewall.policy import FirewallPolicy, policy_for_state
 from nordwgd.firewall.render import render
 from nordwgd.killswitch import blocking_policy
 from nordwgd.model import Endpoint
@@ -22,6 +23,9 @@ lockdown = true
 meta = ["london401@198.51.100.20"]
 api_addresses = ["198.51.100.30"]
 """
+
+
+NOTHING_SAVED = SavedState(frozenset(), frozenset(), "")
 
 
 def connected(**changes: object) -> str:
@@ -100,6 +104,61 @@ def test_gateway_mode_sends_the_port_to_one_lan_host() -> None:
         'iifname "pia0" ip daddr 192.168.7.20 meta l4proto { tcp, udp } th dport 8080 '
         "ct status dnat accept" in rules
     )
+
+
+def connected_policy(**changes: object) -> FirewallPolicy:
+    values: dict[str, object] = {
+        "lockdown": False,
+        "allow_lan": False,
+        "lan": (),
+        "endpoint": Endpoint(ip_address("203.0.113.11")),
+        "api_addresses": (),
+        "api_port": 443,
+        "fwmark": 0xCA6C,
+        "tunnel_interface": "pia0",
+        "tunnel_dns": (ip_address("198.51.100.53"),),
+        "ipv6_tunnel": False,
+        **changes,
+    }
+    return policy_for_state("connected", **values)  # type: ignore[arg-type]
+
+
+def test_iptables_lets_the_port_in_from_the_tunnel_only() -> None:
+    rules = render_restore(connected_policy(forwarded_port=47047), 4, NOTHING_SAVED)
+    for proto in ("tcp", "udp"):
+        assert f"-A NORDWGD-INPUT -i pia0 -p {proto} -m {proto} --dport 47047 -j ACCEPT" in rules
+    assert "DNAT" not in rules
+    assert "*nat" not in rules
+
+
+def test_iptables_sends_the_port_to_one_lan_host_in_gateway_mode() -> None:
+    policy = connected_policy(
+        forwarded_port=47047, forward_port_to=(ip_address("192.168.7.20"), 8080)
+    )
+    rules = render_restore(policy, 4, NOTHING_SAVED)
+    nat = rules[rules.index("*nat") :]
+    assert "-I PREROUTING 1 -j NORDWGD-PREROUTING" in nat
+    for proto in ("tcp", "udp"):
+        assert (
+            f"-A NORDWGD-PREROUTING -i pia0 -p {proto} -m {proto} --dport 47047 "
+            "-j DNAT --to-destination 192.168.7.20:8080" in nat
+        )
+        assert (
+            f"-A NORDWGD-FORWARD -i pia0 -d 192.168.7.20 -p {proto} -m {proto} --dport 8080 "
+            "-m conntrack --ctstate DNAT -j ACCEPT" in rules
+        )
+    assert (
+        "-A NORDWGD-FORWARD -o pia0 -s 192.168.7.20 -m conntrack --ctstate DNAT "
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT" in rules
+    )
+    # Forwarded before the chain's final drop.
+    assert rules.index("--ctstate DNAT -j ACCEPT") < rules.index('"dropped_forward" -j DROP')
+    # No DNAT to an IPv4 host in the IPv6 table; without the port the DNAT goes.
+    assert "DNAT" not in render_restore(policy, 6, NOTHING_SAVED)
+    saved = parse_save(rules.replace("-I PREROUTING 1", "-A PREROUTING"))
+    after = render_restore(connected_policy(), 4, saved)
+    assert "--to-destination" not in after
+    assert ":NORDWGD-PREROUTING - [0:0]" in after  # declared again: flushed
 
 
 def test_a_port_target_outside_the_local_networks_is_refused() -> None:

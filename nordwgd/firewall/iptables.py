@@ -25,6 +25,7 @@ from nordwgd.firewall.policy import (
     FirewallPolicy,
 )
 from nordwgd.firewall.render import tag
+from nordwgd.model import IPAddress
 
 Family = Literal[4, 6]
 _DNS_DROP = '-m comment --comment "dropped_dns" -j DROP'
@@ -42,6 +43,7 @@ HOOKS = (
     Hook("filter", "OUTPUT", "NORDWGD-OUTPUT"),
     Hook("filter", "FORWARD", "NORDWGD-FORWARD"),
     Hook("nat", "POSTROUTING", "NORDWGD-POSTROUTING"),
+    Hook("nat", "PREROUTING", "NORDWGD-PREROUTING"),
 )
 
 
@@ -72,7 +74,9 @@ def parse_save(text: str) -> SavedState:
 
 def render_restore(policy: FirewallPolicy, family: Family, saved: SavedState) -> str:
     """iptables-restore --noflush input that makes ``family`` enforce ``policy``."""
-    nat_needed = policy.block and bool(_forward_sources(policy, family))
+    nat_needed = policy.block and bool(
+        _forward_sources(policy, family) or _port_target(policy, family)
+    )
     lines: list[str] = []
     for table in ("filter", "nat"):
         hooks = [h for h in HOOKS if h.table == table]
@@ -113,10 +117,20 @@ def verify_saved(policy: FirewallPolicy, saved: SavedState) -> str | None:
 def _rules(policy: FirewallPolicy, family: Family, table: str) -> list[str]:
     if table == "nat":
         tunnel = policy.tunnel_interface
-        return [
+        rules = [
             f"-A NORDWGD-POSTROUTING -o {tunnel} -s {net} -j MASQUERADE"
             for net in _forward_sources(policy, family)
         ]
+        target = _port_target(policy, family)
+        if target is not None:
+            address, port = target
+            to = f"[{address}]:{port}" if family == 6 else f"{address}:{port}"
+            rules.extend(
+                f"-A NORDWGD-PREROUTING -i {tunnel} -p {proto} -m {proto} "
+                f"--dport {policy.forwarded_port} -j DNAT --to-destination {to}"
+                for proto in ("tcp", "udp")
+            )
+        return rules
     return [*_input(policy, family), *_output(policy, family), *_forward(policy, family)]
 
 
@@ -221,6 +235,19 @@ def _forward(policy: FirewallPolicy, family: Family) -> list[str]:
     dports = "-m multiport --dports " + ",".join(str(p) for p in DNS_PORTS)
     rules = [f'{chain} -m conntrack --ctstate INVALID -m comment --comment "{tag(policy)}" -j DROP']
     tunnel = policy.tunnel_interface
+    target = _port_target(policy, family)
+    if target is not None:
+        # Only connections that the DNAT above sent on, and their replies (as the nft table).
+        address, port = target
+        rules.extend(
+            f"{chain} -i {tunnel} -d {address} -p {proto} -m {proto} --dport {port} "
+            "-m conntrack --ctstate DNAT -j ACCEPT"
+            for proto in ("tcp", "udp")
+        )
+        rules.append(
+            f"{chain} -o {tunnel} -s {address} -m conntrack --ctstate DNAT "
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        )
     for net in _forward_sources(policy, family):
         rules.append(
             f"{chain} -i {tunnel} ! -o {tunnel} -d {net} "
@@ -249,6 +276,14 @@ def _forward_sources(policy: FirewallPolicy, family: Family) -> list[IPv4Network
     if not _tunnel_carries(policy, family):
         return []
     return [n for n in policy.forward_from if n.version == family]
+
+
+def _port_target(policy: FirewallPolicy, family: Family) -> tuple[IPAddress, int] | None:
+    """Where the forwarded port is sent on to (gateway mode), if that is in ``family``."""
+    target = policy.forward_port_to
+    if target is None or not policy.forwarded_port or not _tunnel_carries(policy, family):
+        return None
+    return target if _version(target[0]) == family else None
 
 
 def _lan(policy: FirewallPolicy, family: Family) -> list[IPv4Network | IPv6Network]:
