@@ -77,17 +77,33 @@ def settled(box: Container) -> bool:
     return state(box) in ("connected", "disconnected", "error")
 
 
+def connected_since(box: Container) -> int:
+    """ConnectedSince (µs since the epoch): each connection has its own."""
+    return int(get_property(box, "ConnectedSince").removeprefix("t "))
+
+
 def connect_and_wait(box: Container, timeout: float = 90.0) -> None:
+    """Connect, and wait for the connection this call made (not one that was up before)."""
+    before = connected_since(box)
     busctl(box, "call", *BUS, "Connect", "a{sv}", "0")
-    wait_for_connected(box, timeout)
+    wait_for_connected(box, timeout, newer_than=before)
 
 
-def wait_for_connected(box: Container, timeout: float = 90.0) -> None:
-    """Wait until connected, or fail with the daemon's error cause and journal."""
-    wait_for("the connection", lambda: state(box) in ("connected", "error"), timeout=timeout)
-    current = state(box)
-    assert current == "connected", (
-        f"state {current}, {get_property(box, 'ErrorCause')}\n{box.journal(DAEMON, lines=400)}"
+def wait_for_connected(box: Container, timeout: float = 90.0, newer_than: int = -1) -> None:
+    """Wait until connected (since after ``newer_than``), or fail with the daemon's error
+    cause and journal."""
+    seen = ""
+
+    def done() -> bool:
+        nonlocal seen
+        seen = state(box)  # the state that ends the wait is the one judged: it may change
+        if seen == "connected":
+            return connected_since(box) > newer_than
+        return seen == "error"
+
+    wait_for("the connection", done, timeout=timeout)
+    assert seen == "connected", (
+        f"state {seen}, {get_property(box, 'ErrorCause')}\n{box.journal(DAEMON, lines=400)}"
     )
 
 
