@@ -454,6 +454,72 @@ def test_bad_transaction_fails_whole_and_keeps_previous_table(pair: Pair) -> Non
     assert not pair.ping(LAN_PEER)
 
 
+# Sends UDP to argv[1] as fast as it can until stdin closes; prints how many sends went out.
+BLASTER = """
+import socket, sys, threading
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent = tried = 0
+print("ready", flush=True)
+while not done.is_set():
+    tried += 1
+    try:
+        sock.sendto(b"x", (sys.argv[1], 9))
+        sent += 1
+    except OSError:
+        pass  # EPERM: the output chain dropped it
+print(tried, sent, flush=True)
+"""
+
+# Replaces the table with the same rendered policy argv[1] times, as the daemon does.
+REAPPLY = """
+import pickle, sys
+import nftables
+from nordwgd.firewall.render import render
+script = render(pickle.load(sys.stdin.buffer))
+nft = nftables.Nftables()
+for _ in range(int(sys.argv[1])):
+    rc, _, err = nft.cmd(script)
+    assert rc == 0, err
+"""
+
+
+@pytest.mark.slow
+def test_replacing_the_table_never_lets_a_packet_through(pair: Pair) -> None:
+    """Each apply deletes and recreates the table in one transaction; the kernel defers the new
+    chains' drop policy to the end of that commit, so only their last rule closes the moment
+    between the old chains' removal and the new policy. A sender that never stops gets nothing
+    out while the table is replaced a thousand times."""
+    pair.apply(BLOCKING["error"])
+
+    def replace_under_traffic() -> None:
+        blaster = subprocess.Popen(
+            ["ip", "netns", "exec", pair.host, "/usr/bin/python3", "-c", BLASTER, INTERNET],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert blaster.stdout is not None and blaster.stdout.readline() == "ready\n"
+            subprocess.run(
+                ["ip", "netns", "exec", pair.host, PYTHON, "-c", REAPPLY, "1000"],
+                input=pickle.dumps(BLOCKING["error"]),
+                cwd=REPO,
+                check=True,
+                timeout=300,
+            )
+            tried, sent = map(int, blaster.communicate("", timeout=30)[0].split())
+        finally:
+            if blaster.poll() is None:
+                blaster.kill()
+                blaster.wait()
+        assert tried > 1000, tried  # the sender ran while the table was replaced
+        assert sent == 0
+
+    assert pair.arrived(f"ip daddr {INTERNET} udp dport 9", replace_under_traffic) == 0
+
+
 def test_flow_opened_before_blocking_gets_no_more_packets_out(pair: Pair) -> None:
     listener = subprocess.Popen(
         ["ip", "netns", "exec", pair.peer, "/usr/bin/python3", "-c", LISTENER, INTERNET, "7000"],

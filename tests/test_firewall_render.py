@@ -106,6 +106,18 @@ def test_blocking_states_drop_by_default(name: str) -> None:
     assert "ct state" not in output_chain, "output must not accept flows opened before blocking"
 
 
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"disconnected-open"}))
+def test_filter_chains_end_in_an_unconditional_drop(name: str) -> None:
+    """The policy alone does not block while the table is replaced: the kernel gives a new
+    base chain its drop policy only at the end of the commit, after the old chains' hooks are
+    gone and the new rules are in force. A last rule that drops keeps that moment closed."""
+    script = render(CASES[name])
+    for chain in BASE_CHAINS:
+        body = script.split(f"chain {chain} {{")[1].split("\n\t}")[0]
+        last = body.strip().splitlines()[-1].strip()
+        assert last in (f"counter name dropped_{chain} drop", "drop"), (chain, last)
+
+
 def test_endpoint_and_api_pinholes_need_the_mark() -> None:
     script = render(CASES["connecting"])
     assert "meta mark 0x0000ca6c ip daddr 203.0.113.11 udp dport 51820 accept" in script
