@@ -2,9 +2,9 @@
 
 The same tests run here unchanged (imported below): up and down restore the namespace exactly,
 a killed process's link, routes and DNS are undone by ``recover`` in a new process, failures
-undo the steps before them, a peer switch keeps the link. Only the ``pair`` fixture differs:
-its client uses the kernel backend (the server stays wireguard-go, so both implementations
-meet on the wire).
+undo the steps before them and leave what other programs made, a name taken by another link
+is refused. Only the ``pair`` fixture differs: its client uses the kernel backend (the server
+stays wireguard-go, so both implementations meet on the wire).
 """
 
 from __future__ import annotations
@@ -22,20 +22,22 @@ from tests.test_connection import (
     pair_in_namespaces,
     ping,
     test_a_dns_failure_undoes_the_steps_before_it,
+    test_a_failed_routing_step_leaves_what_others_made,
     test_a_killed_process_is_cleaned_up_by_recover,
+    test_an_interface_that_exists_already_is_refused_and_left_alone,
     test_an_invalid_peer_key_undoes_the_link,
     test_an_unreadable_record_is_cleaned_up_by_name,
-    test_switch_peer_keeps_the_interface,
     test_up_reaches_the_peer_and_down_restores_everything,
 )
 from tests.uml.helpers import assert_kernel_wireguard, link_kind
 
 __all__ = [
     "test_a_dns_failure_undoes_the_steps_before_it",
+    "test_a_failed_routing_step_leaves_what_others_made",
     "test_a_killed_process_is_cleaned_up_by_recover",
+    "test_an_interface_that_exists_already_is_refused_and_left_alone",
     "test_an_invalid_peer_key_undoes_the_link",
     "test_an_unreadable_record_is_cleaned_up_by_name",
-    "test_switch_peer_keeps_the_interface",
     "test_up_reaches_the_peer_and_down_restores_everything",
 ]
 
