@@ -24,6 +24,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -281,11 +282,8 @@ class World:
             )
         )
         log.close()
-        deadline = time.monotonic() + _READY_TIMEOUT
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"wireguard-go for {interface} did not start")
-            time.sleep(0.01)
+        if not wait_listening(path, time.monotonic() + _READY_TIMEOUT):
+            raise RuntimeError(f"wireguard-go for {interface} did not start")
         request = render_set(
             DeviceConfig(
                 private_key=private_key,
@@ -556,6 +554,25 @@ class World:
         with contextlib.suppress(FileNotFoundError):
             for leftover in Path("/var/run/wireguard").glob(f"*{self.id}*.sock"):
                 leftover.unlink()
+
+
+def wait_listening(path: Path, deadline: float) -> bool:
+    """Whether the unix socket at ``path`` accepts a connection before ``deadline``.
+
+    wireguard-go creates its socket file a moment before it listens on it: a file that exists
+    is not yet a socket to talk to.
+    """
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                pass
+            else:
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 def cleanup_run() -> None:
