@@ -162,6 +162,10 @@ def test_install_enables_and_starts_the_service(box: Container) -> None:
     ).stdout  # fmt: skip
     assert where.startswith("/usr/share/nordwgd/nordwgd/"), where
     assert "/usr/share/nordwgd/vendor/anyio/" in where
+    # The test world runs from a checkout only.
+    listing = box.run(["dpkg", "-L", "nordwgd"]).stdout
+    assert "/usr/share/nordwgd/nordwgd/launch.py" in listing
+    assert "/nordwgd/testing" not in listing
     # Debian's own libraries stay Debian's: nothing was installed into dist-packages.
     plain = box.run(["/usr/bin/python3", "-I", "-c", "import nordwgd"], check=False)
     assert plain.returncode != 0
@@ -267,11 +271,14 @@ def test_remove_keeps_blocking_in_lockdown(box: Container) -> None:
     assert world is not None
     connect_and_wait(box)
     busctl(box, "call", *BUS, "SetLockdown", "b", "true")
+    world.reset_leaks()
     output = _apt(box, "remove", *PACKAGES)
     assert "lockdown is on" in output
     assert box.unit_property(DAEMON, "LoadState") == "not-found"
     assert world.table() is not None, "lockdown was on: the kill switch must stay"
-    assert world.web_get() == ""
+    # Nothing leaves outside the tunnel (while the last of it is torn down, through it).
+    assert world.web_get() in ("", *world.stations)
+    assert world.leaked_packets() == 0, world.leaks()
 
 
 def test_remove_opens_the_firewall_when_not_in_lockdown(box: Container) -> None:
