@@ -152,18 +152,26 @@ def run(runs: int = 3) -> dict[str, object]:
                 for kind in KINDS:
                     found: list[float] = []
                     moved: list[float] = []
+                    missed = 0
                     for _ in range(runs):
-                        detect, failover = _with_daemon(
-                            world,
-                            address,
-                            default,
-                            log,
-                            lambda kind=kind: asyncio.run(_once(world, address, kind)),
-                        )
+                        try:
+                            detect, failover = _with_daemon(
+                                world,
+                                address,
+                                default,
+                                log,
+                                lambda kind=kind: asyncio.run(_once(world, address, kind)),
+                            )
+                        except TimeoutError:
+                            missed += 1  # not found (or not left) within TIMEOUT
+                            continue
                         found.append(detect)
                         if failover is not None:
                             moved.append(failover)
                     key = kind.replace("-", "_")
+                    result[f"{key}_not_within_{TIMEOUT:.0f}_s"] = missed
+                    if not found:
+                        continue
                     result[f"{key}_found_ms_median"] = ms(median(found))
                     result[f"{key}_found_ms_all"] = [ms(t) for t in found]
                     if moved:
