@@ -6,7 +6,8 @@ Three dead paths, each with the default health settings (no probe URL):
 
 - ``silent``: the server drops all WireGuard traffic, as if it had died;
 - ``forwards-nothing``: the server still answers handshakes and keepalives but forwards
-  nothing (its forward chain drops);
+  nothing (its forward chain drops); ``forwards-nothing-tcp`` the same with only the downloads
+  as traffic (TCP backs off when nothing comes back, so the looks see sending only now and then);
 - ``uplink-blackhole``: everything into and out of the host's uplink disappears. No server can
   be reached, so only the time to find it is measured.
 
@@ -37,13 +38,14 @@ from nordwgd.testing.world import World
 TIMEOUT = 120.0
 # Longer than the health monitor's idle tick (5 s): it has seen the traffic start.
 SETTLE = 7.0
-KINDS = ("silent", "forwards-nothing", "uplink-blackhole")
+KINDS = ("silent", "forwards-nothing", "forwards-nothing-tcp", "uplink-blackhole")
 SOAK_SECONDS = 600.0
 
 
-def _traffic(world: World) -> list[subprocess.Popen[bytes]]:
-    """A ping loop and a small download every second, through the tunnel."""
-    ping = ["ping", "-q", "-i", "0.2", world.web_address]
+def _traffic(world: World, *, ping: bool = True) -> list[subprocess.Popen[bytes]]:
+    """A ping loop (unless not ``ping``) and a small download every second, through the
+    tunnel."""
+    ping_loop = ["ping", "-q", "-i", "0.2", world.web_address]
     fetch = [
         "sh",
         "-c",
@@ -51,7 +53,7 @@ def _traffic(world: World) -> list[subprocess.Popen[bytes]]:
     ]
     return [
         world.host_popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for argv in (ping, fetch)
+        for argv in ((ping_loop, fetch) if ping else (fetch,))
     ]
 
 
@@ -67,7 +69,7 @@ def _faults(
 ) -> tuple[Callable[[], None], Callable[[], None]]:
     if kind == "silent":
         return (lambda: world.silence_server(hostname), lambda: world.unsilence_server(hostname))
-    if kind == "forwards-nothing":
+    if kind.startswith("forwards-nothing"):
         return (lambda: world.stop_forwarding(hostname), lambda: world.resume_forwarding(hostname))
     return world.blackhole_uplink, world.restore_uplink
 
@@ -81,7 +83,7 @@ async def _once(world: World, address: str, kind: str) -> tuple[float, float | N
         await client.connect_vpn()
         await client.wait_state("connected", timeout=60)
         dead = str(client.state["Server"]["hostname"])
-        traffic = _traffic(world)
+        traffic = _traffic(world, ping=not kind.endswith("-tcp"))
         await asyncio.sleep(SETTLE)  # traffic flows and the monitor follows it closely
         client.changes.clear()
         fault, undo = _faults(world, kind, dead)
