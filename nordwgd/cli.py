@@ -661,8 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     login = add(
         "login",
         cmd_login,
-        "store a NordVPN access token, or a PIA username and password (asked for, never "
-        "arguments)",
+        "store a NordVPN access token, or a PIA username and password (asked for, never arguments)",
     )
     login.add_argument(
         "--stdin", action="store_true", help="read the token (PIA: username, password) from stdin"

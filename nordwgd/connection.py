@@ -90,10 +90,12 @@ class Connection:
             try:
                 await self._up(params)
             except BaseException as exc:
-                log.warning("bringing up %s failed (%s); undoing the steps done",
-                            self._config.network.interface, exc)
-                await asyncio.shield(
-                    self._undo_all(self._journal, raise_errors=False, keep=kept))
+                log.warning(
+                    "bringing up %s failed (%s); undoing the steps done",
+                    self._config.network.interface,
+                    exc,
+                )
+                await asyncio.shield(self._undo_all(self._journal, raise_errors=False, keep=kept))
                 self._reset()
                 raise
 
@@ -147,27 +149,46 @@ class Connection:
         if in_namespace and self._holds(netns_mode.NAMESPACE_STEP):
             log.info("reusing the namespace %s of the previous tunnel", network.namespace)
         elif in_namespace:
-            await self._step(TunnelFailed, f"cannot make the namespace {network.namespace}",
-                             netns_mode.create(self._journal, network.namespace))
+            await self._step(
+                TunnelFailed,
+                f"cannot make the namespace {network.namespace}",
+                netns_mode.create(self._journal, network.namespace),
+            )
         ifindex = await self._create_link(ifname)
         await self._configure_peer(ifname, params)
         if in_namespace:
-            await self._step(TunnelFailed, f"cannot move {ifname} into {network.namespace}",
-                             netns_mode.adopt_link(self._journal, network.namespace, ifname,
-                                                   params, mtu=TUNNEL_MTU))
+            await self._step(
+                TunnelFailed,
+                f"cannot move {ifname} into {network.namespace}",
+                netns_mode.adopt_link(
+                    self._journal, network.namespace, ifname, params, mtu=TUNNEL_MTU
+                ),
+            )
             await self._apply_dns(params)
             self._params = params
             self.is_up = True
-            log.info("tunnel %s is up to %s in namespace %s", ifname, params.endpoint,
-                     network.namespace)
+            log.info(
+                "tunnel %s is up to %s in namespace %s", ifname, params.endpoint, network.namespace
+            )
             return
-        log.info("[#] ip address add %s dev %s; ip link set %s mtu %d up",
-                 params.address, ifname, ifname, TUNNEL_MTU)
-        await self._step(TunnelFailed, f"cannot set the address of {ifname}",
-                         asyncio.to_thread(_configure_link, ifindex, params))
+        log.info(
+            "[#] ip address add %s dev %s; ip link set %s mtu %d up",
+            params.address,
+            ifname,
+            ifname,
+            TUNNEL_MTU,
+        )
+        await self._step(
+            TunnelFailed,
+            f"cannot set the address of {ifname}",
+            asyncio.to_thread(_configure_link, ifindex, params),
+        )
         ipv6 = network.ipv6 == "tunnel" and any(n.version == 6 for n in params.allowed_ips)
-        await self._step(RoutingFailed, f"cannot route through {ifname}",
-                         routing.apply(self._journal, network, ifname, ipv6=ipv6))
+        await self._step(
+            RoutingFailed,
+            f"cannot route through {ifname}",
+            routing.apply(self._journal, network, ifname, ipv6=ipv6),
+        )
         await self._apply_dns(params)
         self._params = params
         self.is_up = True
@@ -185,10 +206,10 @@ class Connection:
                 "did not create it; nordwgd leaves it alone: choose another name in the config"
             )
         log.info("[#] create WireGuard interface %s (%s)", ifname, self._backend.kind)
-        ifindex = await self._step(TunnelFailed, f"cannot create {ifname}",
-                                   self._backend.create(ifname))
-        step = {"step": "link", "ifname": ifname, "backend": self._backend.kind,
-                "ifindex": ifindex}
+        ifindex = await self._step(
+            TunnelFailed, f"cannot create {ifname}", self._backend.create(ifname)
+        )
+        step = {"step": "link", "ifname": ifname, "backend": self._backend.kind, "ifindex": ifindex}
         try:
             await self._record(step)
         except BaseException:
@@ -199,10 +220,18 @@ class Connection:
         return ifindex
 
     async def _configure_peer(self, ifname: str, params: TunnelParams) -> None:
-        log.info("[#] wg set %s private-key <redacted> fwmark %#x peer %s endpoint %s",
-                 ifname, self._config.network.fwmark, params.peer_public_key, params.endpoint)
-        await self._step(TunnelFailed, f"cannot configure the peer of {ifname}",
-                         self._backend.configure(ifname, params, self._config.network.fwmark))
+        log.info(
+            "[#] wg set %s private-key <redacted> fwmark %#x peer %s endpoint %s",
+            ifname,
+            self._config.network.fwmark,
+            params.peer_public_key,
+            params.endpoint,
+        )
+        await self._step(
+            TunnelFailed,
+            f"cannot configure the peer of {ifname}",
+            self._backend.configure(ifname, params, self._config.network.fwmark),
+        )
 
     async def _apply_dns(self, params: TunnelParams) -> None:
         assert self.interface is not None and self.ifindex is not None
@@ -219,12 +248,20 @@ class Connection:
             return
         if self._dns_mode is None:
             self._dns_mode = await dns.detect_mode()
-        await self._step(DnsFailed, "cannot set the tunnel DNS", dns.apply(
-            self._journal, mode=self._dns_mode, ifindex=self.ifindex, ifname=self.interface,
-            servers=params.dns, resolv_conf=self._config.dns.resolv_conf))
+        await self._step(
+            DnsFailed,
+            "cannot set the tunnel DNS",
+            dns.apply(
+                self._journal,
+                mode=self._dns_mode,
+                ifindex=self.ifindex,
+                ifname=self.interface,
+                servers=params.dns,
+                resolv_conf=self._config.dns.resolv_conf,
+            ),
+        )
 
-    async def _step(self, error: type[NordwgdError], context: str,
-                       action: Awaitable[_T]) -> _T:
+    async def _step(self, error: type[NordwgdError], context: str, action: Awaitable[_T]) -> _T:
         """Run one step; a failure becomes ``error`` with ``context`` (typed ones keep theirs)."""
         try:
             return await action
@@ -282,8 +319,9 @@ class Connection:
         if network.mode == "namespace":
             await netns_mode.cleanup_by_name(network.namespace)
 
-    async def _undo_all(self, journal: Journal, *, raise_errors: bool,
-                        keep: _Keep | None = None) -> None:
+    async def _undo_all(
+        self, journal: Journal, *, raise_errors: bool, keep: _Keep | None = None
+    ) -> None:
         """Undo steps newest first, but those ``keep`` names; failures stay recorded."""
         first_error: NordwgdError | None = None
         for step in reversed(list(journal.steps)):
@@ -300,8 +338,10 @@ class Connection:
     async def _undo_step(self, journal: Journal, step: Step) -> None:
         kind = step["step"]
         if kind == "link" and not await asyncio.to_thread(_still_ours, step):
-            log.warning("interface %s is not the one nordwgd made (its index changed): left "
-                        "alone", step["ifname"])
+            log.warning(
+                "interface %s is not the one nordwgd made (its index changed): left alone",
+                step["ifname"],
+            )
         elif kind == "link":
             log.info("[#] remove interface %s", step["ifname"])
             backend = await self._backend_for(step["backend"])
@@ -358,6 +398,5 @@ def _still_ours(step: Step) -> bool:
 def _configure_link(ifindex: int, params: TunnelParams) -> None:
     with IPRoute() as ipr:
         address = params.address
-        ipr.addr("add", index=ifindex, address=str(address.ip),
-                 prefixlen=address.network.prefixlen)
+        ipr.addr("add", index=ifindex, address=str(address.ip), prefixlen=address.network.prefixlen)
         ipr.link("set", index=ifindex, mtu=TUNNEL_MTU, state="up")

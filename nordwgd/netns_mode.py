@@ -73,8 +73,15 @@ async def adopt_link(
     await _unrecorded_on_failure(journal, step, _ip("link", "set", ifname, "netns", name))
     address = params.address
     family = "-6" if address.version == 6 else "-4"
-    log.info("[#] ip -n %s address add %s dev %s; ip -n %s link set %s mtu %d up",
-             name, address, ifname, name, ifname, mtu)
+    log.info(
+        "[#] ip -n %s address add %s dev %s; ip -n %s link set %s mtu %d up",
+        name,
+        address,
+        ifname,
+        name,
+        ifname,
+        mtu,
+    )
     await _ip("-n", name, "address", "add", str(address), "dev", ifname)
     await _ip("-n", name, "link", "set", ifname, "mtu", str(mtu), "up")
     log.info("[#] ip -n %s %s route add default dev %s", name, family, ifname)
@@ -197,7 +204,8 @@ async def _ip(*args: str, missing_ok: bool = False) -> None:
     """Run ``ip`` with ``args``; a failure is TunnelFailed with ip's own message."""
     try:
         process = await asyncio.create_subprocess_exec(
-            "ip", *args,
+            "ip",
+            *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

@@ -74,10 +74,25 @@ def plan(network: NetworkConfig, ifname: str, *, ipv6: bool) -> list[Step]:
             if lan.version == family:
                 steps.append(_route(family, network.table, str(lan), "throw", None))
         steps.append(_route(family, network.table, _DEFAULT[family], "unicast", ifname))
-        steps.append({"step": "rule", "family": family, "priority": PRIORITY_SUPPRESS,
-                      "table": MAIN_TABLE, "suppress_prefixlen": 0})
-        steps.append({"step": "rule", "family": family, "priority": PRIORITY_TUNNEL,
-                      "table": network.table, "fwmark": network.fwmark, "invert": True})
+        steps.append(
+            {
+                "step": "rule",
+                "family": family,
+                "priority": PRIORITY_SUPPRESS,
+                "table": MAIN_TABLE,
+                "suppress_prefixlen": 0,
+            }
+        )
+        steps.append(
+            {
+                "step": "rule",
+                "family": family,
+                "priority": PRIORITY_TUNNEL,
+                "table": network.table,
+                "fwmark": network.fwmark,
+                "invert": True,
+            }
+        )
     steps.append({"step": "sysctl", "key": SRC_VALID_MARK, "value": "1"})
     if network.mode == "gateway":
         steps.append({"step": "sysctl", "key": IPV4_FORWARD, "value": "1"})
@@ -87,8 +102,14 @@ def plan(network: NetworkConfig, ifname: str, *, ipv6: bool) -> list[Step]:
 
 
 def _route(family: int, table: int, dst: str, kind: str, ifname: str | None) -> Step:
-    return {"step": "route", "family": family, "table": table, "dst": dst, "type": kind,
-            "ifname": ifname}
+    return {
+        "step": "route",
+        "family": family,
+        "table": table,
+        "dst": dst,
+        "type": kind,
+        "ifname": ifname,
+    }
 
 
 async def apply(journal: Journal, network: NetworkConfig, ifname: str, *, ipv6: bool) -> None:
@@ -206,8 +227,11 @@ def _is_our_rule(rule: Any, table: int) -> bool:
     rule_table = rule.get("FRA_TABLE") or rule["table"]
     if priority == PRIORITY_TUNNEL:
         return bool(rule_table == table)
-    return bool(priority == PRIORITY_SUPPRESS and rule_table == MAIN_TABLE
-                and rule.get("FRA_SUPPRESS_PREFIXLEN") == 0)
+    return bool(
+        priority == PRIORITY_SUPPRESS
+        and rule_table == MAIN_TABLE
+        and rule.get("FRA_SUPPRESS_PREFIXLEN") == 0
+    )
 
 
 def _delete_leftover(call: Any, args: dict[str, Any]) -> None:
@@ -289,8 +313,11 @@ def describe(step: Step) -> str:
         return f"ip {family}route {kind}{step['dst']}{dev} table {step['table']}"
     if step["step"] == "rule":
         match = f"not fwmark {step['fwmark']:#x} " if step.get("invert") else ""
-        suppress = (f" suppress_prefixlength {step['suppress_prefixlen']}"
-                    if "suppress_prefixlen" in step else "")
+        suppress = (
+            f" suppress_prefixlength {step['suppress_prefixlen']}"
+            if "suppress_prefixlen" in step
+            else ""
+        )
         table = "main" if step["table"] == MAIN_TABLE else step["table"]
         return f"ip {family}rule priority {step['priority']} {match}lookup {table}{suppress}"
     return repr(step)

@@ -46,8 +46,14 @@ async def _apply(args: argparse.Namespace) -> dict[str, Any]:
     ifindex = socket.if_nametoindex(args.link)
     journal = await asyncio.to_thread(Journal.load, args.runtime_dir)
     servers = [ip_address(server) for server in args.server]
-    await dns.apply(journal, mode=mode, ifindex=ifindex, ifname=args.link, servers=servers,
-                    resolv_conf=args.runtime_dir / "resolv.conf")
+    await dns.apply(
+        journal,
+        mode=mode,
+        ifindex=ifindex,
+        ifname=args.link,
+        servers=servers,
+        resolv_conf=args.runtime_dir / "resolv.conf",
+    )
     return {"mode": mode, "ifindex": ifindex, "steps": journal.steps}
 
 
@@ -63,23 +69,28 @@ async def _undo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _up(args: argparse.Namespace) -> dict[str, Any]:
-    connection = Connection(_config(args.runtime_dir, args.interface),
-                            open_backend("userspace"), args.runtime_dir)
+    connection = Connection(
+        _config(args.runtime_dir, args.interface), open_backend("userspace"), args.runtime_dir
+    )
     private_key, _ = generate_keypair()
     _, peer_public_key = generate_keypair()
     params = TunnelParams(
-        private_key=Secret(private_key), address=IPv4Interface("10.5.0.2/32"),
-        peer_public_key=peer_public_key, endpoint=Endpoint(ip_address(args.endpoint)),
+        private_key=Secret(private_key),
+        address=IPv4Interface("10.5.0.2/32"),
+        peer_public_key=peer_public_key,
+        endpoint=Endpoint(ip_address(args.endpoint)),
         allowed_ips=(ip_network("0.0.0.0/0"),),
-        dns=tuple(ip_address(server) for server in args.server))
+        dns=tuple(ip_address(server) for server in args.server),
+    )
     await connection.up(params)
     journal = await asyncio.to_thread(Journal.load, args.runtime_dir)
     return {"ifindex": connection.ifindex, "steps": journal.steps}
 
 
 async def _recover(args: argparse.Namespace) -> dict[str, Any]:
-    connection = Connection(_config(args.runtime_dir, args.interface),
-                            open_backend("userspace"), args.runtime_dir)
+    connection = Connection(
+        _config(args.runtime_dir, args.interface), open_backend("userspace"), args.runtime_dir
+    )
     await connection.recover()
     journal = await asyncio.to_thread(Journal.load, args.runtime_dir)
     return {"left": journal.steps}

@@ -43,8 +43,10 @@ SERVER_TUNNEL = "10.5.0.1"
 LAN = "192.168.77.0/24"
 WG_SOCKETS = Path("/var/run/wireguard")
 # The child must never find a real systemd-resolved: resolv.conf mode only.
-CHILD_ENV = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-             "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/nordwgd-test-bus"}
+CHILD_ENV = {
+    "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+    "DBUS_SYSTEM_BUS_ADDRESS": "unix:path=/nonexistent/nordwgd-test-bus",
+}
 
 
 def keypair() -> tuple[str, str]:
@@ -81,17 +83,24 @@ class Pair:
 
     def settings(self, **overrides: Any) -> dict[str, Any]:
         value: dict[str, Any] = {
-            "interface": self.client_ifname, "table": 51820, "fwmark": 0xCA6C,
-            "resolv_conf": str(self.resolv_conf), "runtime_dir": str(self.runtime_dir),
-            "lan": [LAN], "backend": self.backend,
+            "interface": self.client_ifname,
+            "table": 51820,
+            "fwmark": 0xCA6C,
+            "resolv_conf": str(self.resolv_conf),
+            "runtime_dir": str(self.runtime_dir),
+            "lan": [LAN],
+            "backend": self.backend,
         }
         value.update(overrides)
         return value
 
     def params(self, **overrides: Any) -> dict[str, Any]:
         value: dict[str, Any] = {
-            "private_key": self.client_private, "peer_public_key": self.server_public,
-            "endpoint": SERVER_ADDRESS, "allowed_ips": ["0.0.0.0/0"], "dns": [SERVER_TUNNEL],
+            "private_key": self.client_private,
+            "peer_public_key": self.server_public,
+            "endpoint": SERVER_ADDRESS,
+            "allowed_ips": ["0.0.0.0/0"],
+            "dns": [SERVER_TUNNEL],
         }
         value.update(overrides)
         return value
@@ -101,9 +110,13 @@ class Pair:
         resolv: Any
         try:
             info = self.resolv_conf.lstat()
-            resolv = (self.resolv_conf.is_symlink(), oct(info.st_mode),
-                      os.readlink(self.resolv_conf) if self.resolv_conf.is_symlink()
-                      else self.resolv_conf.read_bytes().decode())
+            resolv = (
+                self.resolv_conf.is_symlink(),
+                oct(info.st_mode),
+                os.readlink(self.resolv_conf)
+                if self.resolv_conf.is_symlink()
+                else self.resolv_conf.read_bytes().decode(),
+            )
         except FileNotFoundError:
             resolv = None
         return {
@@ -112,8 +125,9 @@ class Pair:
             "routes4": in_ns(self.client, "ip", "-4", "route", "show", "table", "all"),
             "routes6": in_ns(self.client, "ip", "-6", "route", "show", "table", "all"),
             "links": in_ns(self.client, "ip", "-o", "link", "show").count("\n"),
-            "src_valid_mark": in_ns(self.client, "sysctl", "-n",
-                                    "net.ipv4.conf.all.src_valid_mark"),
+            "src_valid_mark": in_ns(
+                self.client, "sysctl", "-n", "net.ipv4.conf.all.src_valid_mark"
+            ),
             "resolv_conf": resolv,
         }
 
@@ -133,8 +147,18 @@ def pair_in_namespaces(tmp_path: Path, *, backend: str) -> Iterator[Pair]:
     client_private, client_public = keypair()
     resolv_conf = tmp_path / "resolv.conf"
     resolv_conf.write_text("nameserver 192.0.2.53\noptions edns0\n")
-    world = Pair(suffix, client, server, tmp_path, server_public, client_private,
-                 f"nwtc{suffix}", resolv_conf, tmp_path / "run", backend=backend)
+    world = Pair(
+        suffix,
+        client,
+        server,
+        tmp_path,
+        server_public,
+        client_private,
+        f"nwtc{suffix}",
+        resolv_conf,
+        tmp_path / "run",
+        backend=backend,
+    )
     try:
         for ns in (client, server):
             run("ip", "netns", "add", ns)
@@ -142,8 +166,21 @@ def pair_in_namespaces(tmp_path: Path, *, backend: str) -> Iterator[Pair]:
             # snapshots do not change on their own a moment after set-up.
             for scope in ("all", "default"):
                 in_ns(ns, "sysctl", "-qw", f"net.ipv6.conf.{scope}.accept_dad=0")
-        run("ip", "-n", client, "link", "add", "eth0", "type", "veth",
-            "peer", "name", "eth0", "netns", server)
+        run(
+            "ip",
+            "-n",
+            client,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            server,
+        )
         for ns, address in ((client, CLIENT_ADDRESS), (server, SERVER_ADDRESS)):
             run("ip", "-n", ns, "link", "set", "lo", "up")
             run("ip", "-n", ns, "address", "add", f"{address}/24", "dev", "eth0")
@@ -152,16 +189,36 @@ def pair_in_namespaces(tmp_path: Path, *, backend: str) -> Iterator[Pair]:
         # only through the tunnel.
         run("ip", "-n", client, "route", "add", "default", "via", UPLINK_GATEWAY)
         # wireguard-go forks into the background and keeps its stdio: give it none to hold.
-        subprocess.run(["ip", "netns", "exec", server, "wireguard-go", server_if], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=30,
-                       env={**CHILD_ENV, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
-                            "LOG_LEVEL": "error"})
+        subprocess.run(
+            ["ip", "netns", "exec", server, "wireguard-go", server_if],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+            env={
+                **CHILD_ENV,
+                "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
+                "LOG_LEVEL": "error",
+            },
+        )
         key_file = tmp_path / "server.key"
         key_file.touch(mode=0o600)
         key_file.write_text(server_private + "\n")
-        in_ns(server, "wg", "set", server_if, "listen-port", "51820", "private-key",
-              str(key_file), "peer", client_public, "allowed-ips", "10.5.0.2/32")
+        in_ns(
+            server,
+            "wg",
+            "set",
+            server_if,
+            "listen-port",
+            "51820",
+            "private-key",
+            str(key_file),
+            "peer",
+            client_public,
+            "allowed-ips",
+            "10.5.0.2/32",
+        )
         run("ip", "-n", server, "address", "add", f"{SERVER_TUNNEL}/24", "dev", server_if)
         run("ip", "-n", server, "link", "set", server_if, "up")
         yield world
@@ -191,8 +248,13 @@ class Driver:
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", netns, str(PYTHON), "-m", "tests.test_connection"],
-                cwd=REPO, env=CHILD_ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, text=True)
+                cwd=REPO,
+                env=CHILD_ENV,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+            )
         self.send({"op": "init", "settings": settings})
 
     def send(self, command: dict[str, Any]) -> dict[str, Any]:
@@ -216,8 +278,12 @@ class Driver:
 
 
 def ping(pair: Pair, address: str) -> bool:
-    done = subprocess.run(["ip", "netns", "exec", pair.client, "ping", "-c", "1", "-W", "2",
-                           address], capture_output=True, check=False, timeout=30)
+    done = subprocess.run(
+        ["ip", "netns", "exec", pair.client, "ping", "-c", "1", "-W", "2", address],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
     return done.returncode == 0
 
 
@@ -307,23 +373,36 @@ def test_an_unreadable_record_is_cleaned_up_by_name(pair: Pair) -> None:
     assert after.pop("src_valid_mark").strip() == "1"
     before.pop("src_valid_mark")
     assert after == before
-    assert [p.name.startswith("connection.json.corrupt-") for p in pair.runtime_dir.iterdir()] \
-        == [True]
+    assert [p.name.startswith("connection.json.corrupt-") for p in pair.runtime_dir.iterdir()] == [
+        True
+    ]
     fresh.close()
 
 
 def start_wireguard_go(netns: str, ifname: str) -> None:
     """Another program's wireguard-go instance (it forks into the background)."""
-    subprocess.run(["ip", "netns", "exec", netns, "wireguard-go", ifname], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, timeout=30,
-                   env={**CHILD_ENV, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
-                        "LOG_LEVEL": "error"})
+    subprocess.run(
+        ["ip", "netns", "exec", netns, "wireguard-go", ifname],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=30,
+        env={
+            **CHILD_ENV,
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
+            "LOG_LEVEL": "error",
+        },
+    )
 
 
 def wireguard_go_alive(netns: str, ifname: str) -> bool:
-    shown = subprocess.run(["ip", "netns", "exec", netns, "wg", "show", ifname],
-                           capture_output=True, check=False, timeout=30)
+    shown = subprocess.run(
+        ["ip", "netns", "exec", netns, "wg", "show", ifname],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
     return shown.returncode == 0 and (WG_SOCKETS / f"{ifname}.sock").exists()
 
 
@@ -358,8 +437,9 @@ def test_an_interface_that_exists_already_is_refused_and_left_alone(pair: Pair) 
 
     # a link of another kind with that name
     stop_wireguard_go(pair.client, ifname)
-    run("ip", "-n", pair.client, "link", "add", ifname, "type", "veth", "peer", "name",
-        f"{ifname}p")
+    run(
+        "ip", "-n", pair.client, "link", "add", ifname, "type", "veth", "peer", "name", f"{ifname}p"
+    )
     reply = driver.send({"op": "up", "params": pair.params()})
     assert not reply["ok"] and f"{ifname} exists already" in reply["message"], reply
     assert driver.send({"op": "down"})["ok"]
@@ -460,15 +540,31 @@ def test_in_the_world_traffic_and_dns_go_through_the_tunnel(world: Any, tmp_path
     resolv_conf = Path("/etc/netns") / world.host_ns / "resolv.conf"
     original = resolv_conf.read_bytes()
     assert world.http_get_from_host() == world.host_address
-    driver = Driver(world.host_ns, {
-        "interface": world.interface, "table": 51820, "fwmark": 0xCA6C,
-        "resolv_conf": str(resolv_conf), "runtime_dir": str(tmp_path / "run"),
-        "lan": [str(world.lan_network)]}, tmp_path)
+    driver = Driver(
+        world.host_ns,
+        {
+            "interface": world.interface,
+            "table": 51820,
+            "fwmark": 0xCA6C,
+            "resolv_conf": str(resolv_conf),
+            "runtime_dir": str(tmp_path / "run"),
+            "lan": [str(world.lan_network)],
+        },
+        tmp_path,
+    )
     try:
-        reply = driver.send({"op": "up", "params": {
-            "private_key": world.client_private_key.reveal(),
-            "peer_public_key": server.public_key, "endpoint": server.station,
-            "allowed_ips": ["0.0.0.0/0"], "dns": [world.tunnel_dns]}})
+        reply = driver.send(
+            {
+                "op": "up",
+                "params": {
+                    "private_key": world.client_private_key.reveal(),
+                    "peer_public_key": server.public_key,
+                    "endpoint": server.station,
+                    "allowed_ips": ["0.0.0.0/0"],
+                    "dns": [world.tunnel_dns],
+                },
+            }
+        )
         assert reply["ok"], reply
         assert driver.send({"op": "handshake", "timeout": 10})["handshake"] is True
         assert world.http_get_from_host() == server.station
@@ -478,8 +574,9 @@ def test_in_the_world_traffic_and_dns_go_through_the_tunnel(world: Any, tmp_path
         assert world.web_address in looked_up
         queries = [q for q in world.dns_queries() if q.name.rstrip(".") == "web.test"]
         assert queries
-        assert all(q.server == world.tunnel_dns and q.client == server.station
-                   for q in queries), queries
+        assert all(q.server == world.tunnel_dns and q.client == server.station for q in queries), (
+            queries
+        )
         assert driver.send({"op": "down"})["ok"]
         assert resolv_conf.read_bytes() == original
         assert world.http_get_from_host() == world.host_address
@@ -502,11 +599,13 @@ async def _serve() -> None:
 
     def params_of(raw: dict[str, Any]) -> TunnelParams:
         return TunnelParams(
-            private_key=Secret(raw["private_key"]), address=IPv4Interface("10.5.0.2/32"),
+            private_key=Secret(raw["private_key"]),
+            address=IPv4Interface("10.5.0.2/32"),
             peer_public_key=raw["peer_public_key"],
             endpoint=Endpoint(IPv4Address(raw["endpoint"])),
             allowed_ips=tuple(ip_network(n) for n in raw["allowed_ips"]),
-            dns=tuple(ip_address(a) for a in raw["dns"]))
+            dns=tuple(ip_address(a) for a in raw["dns"]),
+        )
 
     while True:
         line = await asyncio.to_thread(sys.stdin.readline)
@@ -521,12 +620,17 @@ async def _serve() -> None:
                 backend = s.get("backend", "userspace")
                 config = Config(
                     dns=DnsConfig(resolv_conf=Path(s["resolv_conf"])),
-                    network=replace(NetworkConfig(), interface=s["interface"],
-                                    backend=backend, table=s["table"], fwmark=s["fwmark"],
-                                    lan=tuple(ip_network(n) for n in s["lan"])),
-                    paths=PathsConfig(runtime_dir=Path(s["runtime_dir"])))
-                connection = Connection(config, open_backend(backend),
-                                        config.paths.runtime_dir)
+                    network=replace(
+                        NetworkConfig(),
+                        interface=s["interface"],
+                        backend=backend,
+                        table=s["table"],
+                        fwmark=s["fwmark"],
+                        lan=tuple(ip_network(n) for n in s["lan"]),
+                    ),
+                    paths=PathsConfig(runtime_dir=Path(s["runtime_dir"])),
+                )
+                connection = Connection(config, open_backend(backend), config.paths.runtime_dir)
             elif op == "exit":
                 print(json.dumps(reply), flush=True)
                 return
@@ -542,13 +646,17 @@ async def _serve() -> None:
                     reply["handshake"] = await connection.wait_handshake(command["timeout"])
                 elif op == "stats":
                     stats = await connection.statistics()
-                    reply.update(rx_bytes=stats.rx_bytes, tx_bytes=stats.tx_bytes,
-                                 latest_handshake=stats.latest_handshake)
+                    reply.update(
+                        rx_bytes=stats.rx_bytes,
+                        tx_bytes=stats.tx_bytes,
+                        latest_handshake=stats.latest_handshake,
+                    )
         except NordwgdError as exc:
             reply = {"ok": False, "error": type(exc).__name__, "message": str(exc)}
         if connection is not None:
-            reply.update(is_up=connection.is_up, interface=connection.interface,
-                         ifindex=connection.ifindex)
+            reply.update(
+                is_up=connection.is_up, interface=connection.interface, ifindex=connection.ifindex
+            )
         print(json.dumps(reply), flush=True)
 
 

@@ -1,6 +1,5 @@
 """DNS: resolv.conf written and restored byte for byte; resolved called over a private bus."""
 
-
 import asyncio
 import os
 import stat
@@ -29,8 +28,9 @@ def managed(path: Path) -> list[str]:
 
 async def up_then_down_in_a_new_process(runtime: Path, path: Path) -> None:
     journal = Journal(runtime)
-    await dns.apply(journal, mode="resolvconf", ifindex=7, ifname="nordlynx", servers=SERVERS,
-                    resolv_conf=path)
+    await dns.apply(
+        journal, mode="resolvconf", ifindex=7, ifname="nordlynx", servers=SERVERS, resolv_conf=path
+    )
     assert managed(path) == ["nameserver 10.5.0.1", "nameserver 10.5.0.53"]
     # A new process only has the record on disk.
     (step,) = Journal.load(runtime).steps
@@ -43,8 +43,9 @@ async def test_a_regular_file_is_restored_byte_for_byte_with_its_mode(tmp_path: 
     path.chmod(0o640)
     runtime = tmp_path / "run"
     journal = Journal(runtime)
-    await dns.apply(journal, mode="resolvconf", ifindex=7, ifname="nordlynx", servers=SERVERS,
-                    resolv_conf=path)
+    await dns.apply(
+        journal, mode="resolvconf", ifindex=7, ifname="nordlynx", servers=SERVERS, resolv_conf=path
+    )
     assert path.read_text().startswith(resolvconf.HEADER)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     backup = runtime / resolvconf.BACKUP_NAME
@@ -64,8 +65,9 @@ async def test_a_symlink_comes_back_as_the_same_symlink(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
     path.symlink_to("stub-resolv.conf")
     journal = Journal(tmp_path / "run")
-    await dns.apply(journal, mode="resolvconf", ifindex=7, ifname="nordlynx", servers=SERVERS,
-                    resolv_conf=path)
+    await dns.apply(
+        journal, mode="resolvconf", ifindex=7, ifname="nordlynx", servers=SERVERS, resolv_conf=path
+    )
     assert not path.is_symlink(), "the link is replaced, its target left alone"
     assert target.read_bytes() == ORIGINAL
     await dns.undo(journal.steps[0])
@@ -90,8 +92,14 @@ async def test_a_leftover_backup_is_restored_without_a_journal(tmp_path: Path) -
     path = tmp_path / "resolv.conf"
     path.write_bytes(ORIGINAL)
     runtime = tmp_path / "run"
-    await dns.apply(Journal(runtime), mode="resolvconf", ifindex=7, ifname="nordlynx",
-                    servers=SERVERS, resolv_conf=path)
+    await dns.apply(
+        Journal(runtime),
+        mode="resolvconf",
+        ifindex=7,
+        ifname="nordlynx",
+        servers=SERVERS,
+        resolv_conf=path,
+    )
     (runtime / "connection.json").unlink()
     await dns.cleanup_by_name(runtime)
     assert path.read_bytes() == ORIGINAL
@@ -103,8 +111,14 @@ async def test_an_unwritable_path_is_a_dns_failure_naming_it(tmp_path: Path) -> 
     path = tmp_path / "no-such-dir" / "resolv.conf"
     journal = Journal(tmp_path / "run")
     with pytest.raises(DnsFailed, match="no-such-dir"):
-        await dns.apply(journal, mode="resolvconf", ifindex=7, ifname="nordlynx",
-                        servers=SERVERS, resolv_conf=path)
+        await dns.apply(
+            journal,
+            mode="resolvconf",
+            ifindex=7,
+            ifname="nordlynx",
+            servers=SERVERS,
+            resolv_conf=path,
+        )
     # The step is recorded, and undoing it leaves nothing behind.
     await dns.undo(journal.steps[0])
     assert not path.exists()
@@ -153,17 +167,25 @@ class FakeResolve1(ServiceInterface):
 async def private_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[str]:
     socket_path = tmp_path / "bus"
     config = tmp_path / "bus.conf"
-    allow = "".join(f'<allow send_type="{kind}"/>'
-                    for kind in ("method_call", "method_return", "error", "signal"))
+    allow = "".join(
+        f'<allow send_type="{kind}"/>'
+        for kind in ("method_call", "method_return", "error", "signal")
+    )
     config.write_text(
         "<!DOCTYPE busconfig PUBLIC '-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN'\n"
         " 'http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd'>\n"
         f"<busconfig><type>system</type><listen>unix:path={socket_path}</listen>"
         f'<policy context="default"><allow user="*"/><allow own="*"/>{allow}'
-        '<allow receive_type="*"/></policy></busconfig>\n')
+        '<allow receive_type="*"/></policy></busconfig>\n'
+    )
     daemon = await asyncio.create_subprocess_exec(
-        "dbus-daemon", "--nofork", "--print-address", f"--config-file={config}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        "dbus-daemon",
+        "--nofork",
+        "--print-address",
+        f"--config-file={config}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         assert daemon.stdout is not None
         address = (await daemon.stdout.readline()).decode().strip()
@@ -186,8 +208,9 @@ async def fake_resolved(private_bus: str) -> AsyncIterator[FakeResolve1]:
         bus.disconnect()
 
 
-async def test_without_a_system_bus_resolv_conf_is_used(monkeypatch: pytest.MonkeyPatch,
-                                                         tmp_path: Path) -> None:
+async def test_without_a_system_bus_resolv_conf_is_used(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     assert await dns.detect_mode() == "resolvconf"
 
@@ -197,11 +220,18 @@ async def test_a_bus_without_resolved_means_resolv_conf(private_bus: str) -> Non
 
 
 async def test_resolved_gets_link_dns_routing_domain_and_default_route(
-        fake_resolved: FakeResolve1, tmp_path: Path) -> None:
+    fake_resolved: FakeResolve1, tmp_path: Path
+) -> None:
     assert await dns.detect_mode() == "resolved"
     journal = Journal(tmp_path / "run")
-    await dns.apply(journal, mode="resolved", ifindex=7, ifname="nordlynx", servers=SERVERS,
-                    resolv_conf=tmp_path / "untouched")
+    await dns.apply(
+        journal,
+        mode="resolved",
+        ifindex=7,
+        ifname="nordlynx",
+        servers=SERVERS,
+        resolv_conf=tmp_path / "untouched",
+    )
     assert fake_resolved.calls == [
         ("SetLinkDNS", (7, [(2, bytes([10, 5, 0, 1])), (2, bytes([10, 5, 0, 53]))])),
         ("SetLinkDomains", (7, [(".", True)])),
@@ -214,9 +244,16 @@ async def test_resolved_gets_link_dns_routing_domain_and_default_route(
 
 
 async def test_resolved_errors_are_dns_failures_and_a_gone_link_reverts_quietly(
-        fake_resolved: FakeResolve1, tmp_path: Path) -> None:
+    fake_resolved: FakeResolve1, tmp_path: Path
+) -> None:
     with pytest.raises(DnsFailed, match="NoSuchLink"):
-        await dns.apply(Journal(tmp_path), mode="resolved", ifindex=99, ifname="gone",
-                        servers=SERVERS, resolv_conf=tmp_path / "x")
+        await dns.apply(
+            Journal(tmp_path),
+            mode="resolved",
+            ifindex=99,
+            ifname="gone",
+            servers=SERVERS,
+            resolv_conf=tmp_path / "x",
+        )
     await dns.undo({"step": "dns", "mode": "resolved", "ifindex": 99, "ifname": "gone"})
     assert fake_resolved.calls == []

@@ -47,8 +47,9 @@ def call(bus: PrivateBus, member: str, signature: str = "", *body: object) -> No
 
 
 def properties(bus: PrivateBus) -> dict[str, object]:
-    reply = call_as(bus, None, "GetAll", "s", [INTERFACE],
-                    interface="org.freedesktop.DBus.Properties")
+    reply = call_as(
+        bus, None, "GetAll", "s", [INTERFACE], interface="org.freedesktop.DBus.Properties"
+    )
     assert "error" not in reply, reply
     body = reply["body"]
     assert isinstance(body, list) and isinstance(body[0], dict)
@@ -91,8 +92,12 @@ class LanClient:
 
     def http_get(self, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
         url = f"http://{self.world.web_address}/"
-        return ns.ns_exec(self.netns, ["curl", "-sS", "--max-time", str(timeout), url],
-                          check=False, timeout=timeout + 10)
+        return ns.ns_exec(
+            self.netns,
+            ["curl", "-sS", "--max-time", str(timeout), url],
+            check=False,
+            timeout=timeout + 10,
+        )
 
 
 def ip_forward(world: World) -> str:

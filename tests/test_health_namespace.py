@@ -64,8 +64,16 @@ def services(tmp_path: Path) -> Iterator[tuple[str, str]]:
             ns.create_netns(name)
         for address in (RESOLVER, WEB):
             ns.ip(served, "address", "add", f"{address}/32", "dev", "lo")
-        processes.append(_start(served, "nordwgd.testing.dnsserver",
-                                "--listen", f"{RESOLVER}:53", "--log", str(tmp_path / "dns.log")))
+        processes.append(
+            _start(
+                served,
+                "nordwgd.testing.dnsserver",
+                "--listen",
+                f"{RESOLVER}:53",
+                "--log",
+                str(tmp_path / "dns.log"),
+            )
+        )
         processes.append(_start(served, "nordwgd.testing.webserver", "--listen", f"{WEB}:80"))
         yield served, empty
     finally:

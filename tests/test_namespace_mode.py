@@ -53,9 +53,22 @@ class Daemon:
         env.update(PYTHONPATH=str(REPO), DBUS_SYSTEM_BUS_ADDRESS=self.bus.address)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                ["nsenter", f"--net=/run/netns/{self.world.host_ns}", PYTHON, "-m", "nordwgd",
-                 "--config", str(self.config), "--log-level", "debug"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+                [
+                    "nsenter",
+                    f"--net=/run/netns/{self.world.host_ns}",
+                    PYTHON,
+                    "-m",
+                    "nordwgd",
+                    "--config",
+                    str(self.config),
+                    "--log-level",
+                    "debug",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
             )
         deadline = time.monotonic() + 30
         while not self.bus.name_has_owner():
@@ -91,8 +104,9 @@ def call(bus: PrivateBus, member: str, signature: str = "", *body: object) -> li
 
 
 def properties(bus: PrivateBus) -> dict[str, object]:
-    reply = call_as(bus, None, "GetAll", "s", [INTERFACE],
-                    interface="org.freedesktop.DBus.Properties")
+    reply = call_as(
+        bus, None, "GetAll", "s", [INTERFACE], interface="org.freedesktop.DBus.Properties"
+    )
     assert "error" not in reply, reply
     body = reply["body"]
     assert isinstance(body, list) and isinstance(body[0], dict)
@@ -117,8 +131,9 @@ def station_of(world: World, props: dict[str, object]) -> str:
     return world.server(str(server["hostname"])).station
 
 
-def in_namespace(name: str, argv: list[str], *, check: bool = True,
-                 timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+def in_namespace(
+    name: str, argv: list[str], *, check: bool = True, timeout: float = 15.0
+) -> subprocess.CompletedProcess[str]:
     return ns.run(["ip", "netns", "exec", name, *argv], check=check, timeout=timeout)
 
 
@@ -139,8 +154,9 @@ def vpn_ns() -> Iterator[str]:
 
 
 @pytest.fixture
-def namespace_daemon(world: World, private_bus: PrivateBus, vpn_ns: str,
-          tmp_path: Path) -> Iterator[tuple[World, PrivateBus, Daemon, str]]:
+def namespace_daemon(
+    world: World, private_bus: PrivateBus, vpn_ns: str, tmp_path: Path
+) -> Iterator[tuple[World, PrivateBus, Daemon, str]]:
     config = world.write_config(
         tmp_path / "nordwgd.toml",
         network={"mode": "namespace", "namespace": vpn_ns},
@@ -214,7 +230,9 @@ def test_namespace_is_the_only_way_through_the_tunnel(
     # A process that joined the namespace keeps it after the disconnect, with no route at all.
     probe = subprocess.Popen(
         ["ip", "netns", "exec", vpn_ns, PYTHON, "-c", _PROBE, world.web_address],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(0.5)  # lets it enter the namespace before the name goes away

@@ -57,7 +57,9 @@ class Watcher:
     def __init__(self, namespace: str, url: str) -> None:
         self.process = subprocess.Popen(
             ["ip", "netns", "exec", namespace, PYTHON, "-c", _LOOP, url],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -117,8 +119,9 @@ def _wait_other_server(bus: PrivateBus, daemon: Daemon, old: str) -> dict[str, o
 
 
 @pytest.fixture
-def reconnect_daemon(world: World, private_bus: PrivateBus, vpn_ns: str,
-                     tmp_path: Path) -> Iterator[tuple[World, PrivateBus, Daemon, str]]:
+def reconnect_daemon(
+    world: World, private_bus: PrivateBus, vpn_ns: str, tmp_path: Path
+) -> Iterator[tuple[World, PrivateBus, Daemon, str]]:
     config = world.write_config(
         tmp_path / "nordwgd.toml",
         network={"mode": "namespace", "namespace": vpn_ns},
@@ -183,7 +186,6 @@ def test_a_joined_program_survives_reconnect_and_failover(
         watcher.stop()
     assert not socket_path(world.interface).exists()
     assert daemon.stop() == 0, daemon.log_text()
-
 
 
 @pytest.mark.parametrize("restart", ["sigkill", "sigterm"])

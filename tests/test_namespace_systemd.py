@@ -69,8 +69,9 @@ def world() -> Iterator[SystemWorld]:
 def test_a_service_joins_the_namespace_made_by_the_hardened_daemon(world: SystemWorld) -> None:
     box = world.box
     box.run([PYTHON, "-c", _TO_NAMESPACE_MODE, NAMESPACE])
-    box.run(["sh", "-c", f"cat > /etc/systemd/system/{CLIENT}"], input=_client_unit(
-        world.info["web"]))
+    box.run(
+        ["sh", "-c", f"cat > /etc/systemd/system/{CLIENT}"], input=_client_unit(world.info["web"])
+    )
     box.run(["systemctl", "daemon-reload"])
     box.run(["systemctl", "restart", DAEMON])
     wait_for("the daemon", lambda: state(box) == "disconnected")

@@ -157,8 +157,7 @@ def box() -> Iterator[Container]:
         yield container
 
 
-def veth_to_dns_server(box: Container, tag: str, address: str, server: str,
-                       answer: str) -> Link:
+def veth_to_dns_server(box: Container, tag: str, address: str, server: str, answer: str) -> Link:
     """A veth link (``address``/24) whose peer namespace runs a DNS server at ``server``.
 
     The server answers PROBE_NAME with ``answer``, so a reply tells which server gave it.
@@ -265,8 +264,9 @@ def resolvectl_servers(box: Container, ifname: str, netns: str | None = None) ->
     return line.split(":", 1)[1].split() if ":" in line else []
 
 
-def assert_applied(box: Container, ifname: str, servers: list[str],
-                   netns: str | None = None) -> None:
+def assert_applied(
+    box: Container, ifname: str, servers: list[str], netns: str | None = None
+) -> None:
     assert resolvectl_servers(box, ifname, netns) == servers
     assert resolvectl(box, "domain", ifname, netns=netns).endswith(f"({ifname}): ~.")
     assert resolvectl(box, "default-route", ifname, netns=netns).endswith(f"({ifname}): yes")

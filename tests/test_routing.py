@@ -16,8 +16,9 @@ from nordwgd.routing import PRIORITY_SUPPRESS, PRIORITY_TUNNEL, describe, plan
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = str(REPO / ".venv" / "bin" / "python")
-NETWORK = NetworkConfig(table=51820, fwmark=0xCA6C,
-                        lan=(ip_network("192.168.1.0/24"), ip_network("fd12::/64")))
+NETWORK = NetworkConfig(
+    table=51820, fwmark=0xCA6C, lan=(ip_network("192.168.1.0/24"), ip_network("fd12::/64"))
+)
 
 
 def test_ipv4_only_plan_in_wg_quick_order() -> None:
@@ -28,8 +29,7 @@ def test_ipv4_only_plan_in_wg_quick_order() -> None:
         f"ip rule priority {PRIORITY_SUPPRESS} lookup main suppress_prefixlength 0",
         f"ip rule priority {PRIORITY_TUNNEL} not fwmark 0xca6c lookup 51820",
     ]
-    assert steps[-1] == {"step": "sysctl", "key": "net/ipv4/conf/all/src_valid_mark",
-                         "value": "1"}
+    assert steps[-1] == {"step": "sysctl", "key": "net/ipv4/conf/all/src_valid_mark", "value": "1"}
 
 
 def test_ipv6_gets_the_same_routing_when_the_tunnel_carries_it() -> None:
@@ -100,8 +100,13 @@ def netns() -> Iterator[str]:
 
 
 def child(ns: str, runtime: Path, op: str, *, ipv6: bool = False, ifname: str = "tun0") -> str:
-    args = {"op": op, "runtime": str(runtime), "ifname": ifname, "ipv6": ipv6,
-            "lan": ["192.168.1.0/24", "fd12::/64"]}
+    args = {
+        "op": op,
+        "runtime": str(runtime),
+        "ifname": ifname,
+        "ipv6": ipv6,
+        "lan": ["192.168.1.0/24", "fd12::/64"],
+    }
     return run("ip", "netns", "exec", ns, PYTHON, "-c", CHILD, json.dumps(args))
 
 
@@ -118,7 +123,8 @@ def snapshot(ns: str) -> dict[str, str]:
 @pytest.mark.root
 @pytest.mark.parametrize("ipv6", [False, True])
 def test_apply_then_undo_restores_the_namespace_exactly(
-        netns: str, tmp_path: Path, ipv6: bool) -> None:
+    netns: str, tmp_path: Path, ipv6: bool
+) -> None:
     before = snapshot(netns)
     child(netns, tmp_path, "apply", ipv6=ipv6)
     during = snapshot(netns)
@@ -141,7 +147,8 @@ def test_apply_then_undo_restores_the_namespace_exactly(
 
 @pytest.mark.root
 def test_cleanup_by_name_removes_only_what_a_tunnel_would_have_added(
-        netns: str, tmp_path: Path) -> None:
+    netns: str, tmp_path: Path
+) -> None:
     run("ip", "-n", netns, "rule", "add", "priority", "100", "lookup", "100")
     run("ip", "-n", netns, "route", "add", "192.0.2.0/24", "dev", "eth0", "table", "100")
     before = snapshot(netns)
@@ -156,8 +163,7 @@ def test_cleanup_by_name_removes_only_what_a_tunnel_would_have_added(
 
 
 @pytest.mark.root
-def test_a_failed_change_leaves_exactly_the_made_steps_recorded(
-        netns: str, tmp_path: Path) -> None:
+def test_a_failed_change_leaves_exactly_the_made_steps_recorded(netns: str, tmp_path: Path) -> None:
     before = snapshot(netns)
     # The default route needs the tunnel link: without it, the second change fails, did not
     # happen, and is not recorded (its undo could remove an equal route someone else made).

@@ -26,8 +26,15 @@ async def detect_mode() -> DnsMode:
     return "resolved" if await resolved.is_running() else "resolvconf"
 
 
-async def apply(journal: Journal, *, mode: DnsMode, ifindex: int, ifname: str,
-                servers: Sequence[IPAddress], resolv_conf: Path) -> None:
+async def apply(
+    journal: Journal,
+    *,
+    mode: DnsMode,
+    ifindex: int,
+    ifname: str,
+    servers: Sequence[IPAddress],
+    resolv_conf: Path,
+) -> None:
     """Point the system's DNS at ``servers``; raises DnsFailed (the step stays recorded)."""
     if mode == "resolved":
         step: Step = {"step": "dns", "mode": "resolved", "ifindex": ifindex, "ifname": ifname}

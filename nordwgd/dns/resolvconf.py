@@ -103,8 +103,14 @@ def _backup(runtime_dir: Path, path: Path) -> Step:
             content = path.read_bytes()
     in_place = _is_mount_point(path) or (symlink is not None and _is_mount_point(path.resolve()))
     step: Step = {
-        "step": "dns", "mode": "resolvconf", "path": str(path), "existed": existed,
-        "symlink": symlink, "file_mode": file_mode, "in_place": in_place, "backup": str(backup),
+        "step": "dns",
+        "mode": "resolvconf",
+        "path": str(path),
+        "existed": existed,
+        "symlink": symlink,
+        "file_mode": file_mode,
+        "in_place": in_place,
+        "backup": str(backup),
     }
     write_atomic(backup, content, mode=0o600)
     write_atomic(runtime_dir / META_NAME, json.dumps(step).encode(), mode=0o600)

@@ -33,18 +33,27 @@ CALL_TIMEOUT = 10.0
 async def is_running() -> bool:
     """Whether org.freedesktop.resolve1 has an owner on the system bus (False without a bus)."""
     try:
-        bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(),
-                                     CONNECT_TIMEOUT)
+        bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(), CONNECT_TIMEOUT)
     except (OSError, EOFError, TimeoutError, ValueError) as exc:
         log.debug("no system bus (%s): systemd-resolved is not used", exc)
         return False
     try:
-        reply = await asyncio.wait_for(bus.call(Message(
-            destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus", member="NameHasOwner", signature="s",
-            body=[BUS_NAME])), CALL_TIMEOUT)
-        return bool(reply is not None and reply.message_type == MessageType.METHOD_RETURN
-                    and reply.body[0])
+        reply = await asyncio.wait_for(
+            bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=[BUS_NAME],
+                )
+            ),
+            CALL_TIMEOUT,
+        )
+        return bool(
+            reply is not None and reply.message_type == MessageType.METHOD_RETURN and reply.body[0]
+        )
     finally:
         bus.disconnect()
 
@@ -52,8 +61,13 @@ async def is_running() -> bool:
 async def apply(ifindex: int, ifname: str, servers: Sequence[IPAddress]) -> None:
     """Send every name to the tunnel resolvers over link ``ifindex``."""
     addresses = [[_family(server), server.packed] for server in servers]
-    log.info("[#] resolvectl dns %s %s; domain %s ~.; default-route %s true",
-             ifname, " ".join(map(str, servers)), ifname, ifname)
+    log.info(
+        "[#] resolvectl dns %s %s; domain %s ~.; default-route %s true",
+        ifname,
+        " ".join(map(str, servers)),
+        ifname,
+        ifname,
+    )
     async with _connected() as bus:
         await _call(bus, "SetLinkDNS", "ia(iay)", [ifindex, addresses])
         await _call(bus, "SetLinkDomains", "ia(sb)", [ifindex, [[".", True]]])
@@ -75,8 +89,9 @@ class _connected:
 
     async def __aenter__(self) -> MessageBus:
         try:
-            self.bus = await asyncio.wait_for(MessageBus(bus_type=BusType.SYSTEM).connect(),
-                                              CONNECT_TIMEOUT)
+            self.bus = await asyncio.wait_for(
+                MessageBus(bus_type=BusType.SYSTEM).connect(), CONNECT_TIMEOUT
+            )
         except (OSError, EOFError, TimeoutError, ValueError) as exc:
             raise DnsFailed(f"cannot reach systemd-resolved on the system bus: {exc}") from exc
         return self.bus
@@ -86,10 +101,17 @@ class _connected:
             self.bus.disconnect()
 
 
-async def _call(bus: MessageBus, member: str, signature: str, body: list[Any], *,
-                missing_ok: bool = False) -> None:
-    message = Message(destination=BUS_NAME, path=OBJECT_PATH, interface=INTERFACE,
-                      member=member, signature=signature, body=body)
+async def _call(
+    bus: MessageBus, member: str, signature: str, body: list[Any], *, missing_ok: bool = False
+) -> None:
+    message = Message(
+        destination=BUS_NAME,
+        path=OBJECT_PATH,
+        interface=INTERFACE,
+        member=member,
+        signature=signature,
+        body=body,
+    )
     try:
         reply = await asyncio.wait_for(bus.call(message), CALL_TIMEOUT)
     except (OSError, EOFError, TimeoutError) as exc:

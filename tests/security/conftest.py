@@ -10,9 +10,7 @@ from tests.security.ledger import LEDGER, ScenarioRecorder
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
-) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     report = yield
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         item.stash[_OUTCOME] = report.outcome

@@ -306,7 +306,13 @@ class Probes:
 
     def http(self, url: str | None = None, timeout: float = 2.0) -> str | None:
         """The web server's answer (the source address it saw), or None when nothing came."""
-        argv = ["curl", "-sS", "--max-time", str(timeout), url or f"http://{self.world.web_address}/"]
+        argv = [
+            "curl",
+            "-sS",
+            "--max-time",
+            str(timeout),
+            url or f"http://{self.world.web_address}/",
+        ]
         result = self.world.host_exec(argv, check=False, timeout=timeout + 10)
         return result.stdout.strip() if result.returncode == 0 else None
 
@@ -320,9 +326,7 @@ class Probes:
         words = result.stdout.split()
         return words[0] if result.returncode == 0 and words else None
 
-    def sockets(
-        self, specs: Sequence[Mapping[str, Any]], *, user: str | None = None
-    ) -> list[str]:
+    def sockets(self, specs: Sequence[Mapping[str, Any]], *, user: str | None = None) -> list[str]:
         """Run socket probes (kind tcp | udp | dns) in one process; "answered", "timeout", ..."""
         argv = [*user_prefix(user), sys.executable, "-c", _SOCKET_PROBE, json.dumps(list(specs))]
         result = self.world.host_exec(argv, check=False, timeout=60)
@@ -350,8 +354,13 @@ class Probes:
         results["ping"] = self.ping(world.web_address)
         dns = [
             {"kind": "dns", "host": world.lan_dns, "port": 53, "name": PROBE_NAME, "timeout": 1.0},
-            {"kind": "dns", "host": UNROUTED_RESOLVER, "port": 53, "name": PROBE_NAME,
-             "timeout": 0.5},
+            {
+                "kind": "dns",
+                "host": UNROUTED_RESOLVER,
+                "port": 53,
+                "name": PROBE_NAME,
+                "timeout": 0.5,
+            },
             {"kind": "tcp", "host": world.web_address, "port": 80, "timeout": 1.0},
         ]
         results["dns_lan"], results["dns_other"], results["tcp_web"] = self.sockets(dns)
@@ -517,9 +526,7 @@ class Stack:
                 )
             time.sleep(interval)
 
-    def wait_for_state(
-        self, *states: str, timeout: float = 30.0, **equal: Any
-    ) -> dict[str, Any]:
+    def wait_for_state(self, *states: str, timeout: float = 30.0, **equal: Any) -> dict[str, Any]:
         """Wait until State is one of ``states`` and every ``Name=value`` matches."""
 
         def matches(props: dict[str, Any]) -> bool:
