@@ -30,6 +30,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nordwgd.testing import cgroups
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO_ROOT / "packaging" / "install.sh"
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -329,6 +331,7 @@ def boot_container(
     console = Path(console_name)
     container: Container | None = None
     nspawn: subprocess.Popen[bytes] | None = None
+    cgroup_dirs: list[Path] = []
     try:
         if python is not None:
             _stage_worktree_dropins(staging)
@@ -357,6 +360,12 @@ def boot_container(
             "systemd.unit=multi-user.target",
         ]
         script = _prepare_script(base, staging, install, python, masks, enable, nspawn_argv, lower)
+        cgroup_dirs = cgroups.make_private(name)
+        # The shell joins them first: nspawn, exec'd by it, makes the container's cgroups there.
+        script = (
+            "".join(f"echo $$ > {shlex.quote(str(d / 'cgroup.procs'))}\n" for d in cgroup_dirs)
+            + script
+        )
         nspawn = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
             stdin=subprocess.DEVNULL,
@@ -386,3 +395,4 @@ def boot_container(
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             base.rmdir()
+        cgroups.remove(cgroup_dirs)
