@@ -114,6 +114,20 @@ def test_notify_and_watchdog_under_real_systemd(box: Container) -> None:
 # --- installed files -------------------------------------------------------------------------
 
 
+def test_container_has_cgroups_of_its_own(box: Container) -> None:
+    """Two containers must not share a unit's cgroup: the other one's processes there show as
+    pid 0 to this container's systemd, whose kill of the unit then fails (EIO) or waits for
+    processes it cannot see."""
+    tracked = [
+        path
+        for line in Path(f"/proc/{box.leader}/cgroup").read_text().splitlines()
+        for _, hierarchy, path in [line.split(":", 2)]
+        if hierarchy in ("", "name=systemd")
+    ]
+    assert tracked, "no cgroup hierarchy that systemd tracks processes in"
+    assert all(path.startswith(f"/{box.name}/") for path in tracked), tracked
+
+
 def test_installed_units_verify(box: Container) -> None:
     result = box.run(["systemd-analyze", "verify", *INSTALLED_UNITS], check=False)
     assert result.returncode == 0, result.stdout + result.stderr
