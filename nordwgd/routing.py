@@ -210,27 +210,29 @@ def _undo_step(step: Step) -> None:
 
 
 def _cleanup_by_name(network: NetworkConfig) -> None:
+    # Attributes of dumped messages are read with get_attr: pyroute2 0.7.2's get() (Debian 12's
+    # version) answers None for them, which left every leftover in place.
     with IPRoute() as ipr:
         for family in _FAMILIES.values():
             for rule in ipr.get_rules(family=family):
                 if _is_our_rule(rule, network.table):
-                    log.info("[#] delete leftover rule priority %s", rule.get("FRA_PRIORITY"))
+                    log.info("[#] delete leftover rule priority %s", rule.get_attr("FRA_PRIORITY"))
                     _delete_leftover(ipr.rule, _rule_from_dump(rule))
             for route in ipr.get_routes(family=family, table=network.table):
-                if (route.get("RTA_TABLE") or route["table"]) == network.table:
+                if (route.get_attr("RTA_TABLE") or route["table"]) == network.table:
                     log.info("[#] delete leftover route in table %s", network.table)
                     _delete_leftover(ipr.route, _route_from_dump(route))
 
 
 def _is_our_rule(rule: Any, table: int) -> bool:
-    priority = rule.get("FRA_PRIORITY")
-    rule_table = rule.get("FRA_TABLE") or rule["table"]
+    priority = rule.get_attr("FRA_PRIORITY")
+    rule_table = rule.get_attr("FRA_TABLE") or rule["table"]
     if priority == PRIORITY_TUNNEL:
         return bool(rule_table == table)
     return bool(
         priority == PRIORITY_SUPPRESS
         and rule_table == MAIN_TABLE
-        and rule.get("FRA_SUPPRESS_PREFIXLEN") == 0
+        and rule.get_attr("FRA_SUPPRESS_PREFIXLEN") == 0
     )
 
 
@@ -245,8 +247,8 @@ def _delete_leftover(call: Any, args: dict[str, Any]) -> None:
 def _rule_from_dump(rule: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
         "family": rule["family"],
-        "priority": rule.get("FRA_PRIORITY"),
-        "table": rule.get("FRA_TABLE") or rule["table"],
+        "priority": rule.get_attr("FRA_PRIORITY"),
+        "table": rule.get_attr("FRA_TABLE") or rule["table"],
         "flags": rule["flags"],
     }
     for nla, key in (("FRA_FWMARK", "fwmark"), ("FRA_SUPPRESS_PREFIXLEN", "suppress_prefixlen")):
@@ -258,13 +260,13 @@ def _rule_from_dump(rule: Any) -> dict[str, Any]:
 def _route_from_dump(route: Any) -> dict[str, Any]:
     args: dict[str, Any] = {
         "family": route["family"],
-        "table": route.get("RTA_TABLE") or route["table"],
+        "table": route.get_attr("RTA_TABLE") or route["table"],
         "dst_len": route["dst_len"],
         "type": route["type"],
     }
     for nla, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif")):
-        if route.get(nla) is not None:
-            args[key] = route.get(nla)
+        if route.get_attr(nla) is not None:
+            args[key] = route.get_attr(nla)
     return args
 
 
