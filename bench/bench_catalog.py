@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 
 from nordwgd.model import Server
-from nordwgd.provider.parse import parse_servers
+from nordwgd.provider.nordvpn.parse import parse_servers
 from nordwgd.selection import select_servers
 from nordwgd.testing.fakeapi import ServerIndex
 from nordwgd.testing.fleet import large_fleet

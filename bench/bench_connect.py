@@ -25,9 +25,9 @@ from nordwgd.errors import TunnelFailed
 from nordwgd.firewall.policy import policy_for_state
 from nordwgd.firewall.render import render
 from nordwgd.model import NORDLYNX_ADDRESS, Endpoint, TunnelParams
+from nordwgd.provider.nordvpn.wgconf import ALL_IPV4, render_wg_quick
 from nordwgd.testing import netns as ns
 from nordwgd.testing.world import ServerBackend, World
-from nordwgd.wgconf import ALL_IPV4, render_wg_quick
 from nordwgd.wireguard.uapi import GET_REQUEST, exchange_sync, parse_get, socket_path
 
 FWMARK = 0xCA6C  # nordwgd's default, and wg-quick's 51820

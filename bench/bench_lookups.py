@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 
-from nordwgd.provider.parse import parse_servers
+from nordwgd.provider.nordvpn.parse import parse_servers
 from nordwgd.sharedcall import SharedResults
 from nordwgd.testing.fakeapi import ServerIndex
 from nordwgd.testing.fleet import large_fleet

@@ -29,7 +29,6 @@ from nordwgd import __version__, cli_split, errors
 from nordwgd.bus import BUS_NAME, INTERFACE_NAME, OBJECT_PATH
 from nordwgd.bus.convert import plain
 from nordwgd.bus.errors import from_error_name
-from nordwgd.catalog import group_names, normalize
 from nordwgd.cli_format import (
     format_mapping,
     format_status,
@@ -40,6 +39,7 @@ from nordwgd.cli_format import (
     terminal_safe,
     to_json,
 )
+from nordwgd.provider.nordvpn.catalog import group_names, normalize
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

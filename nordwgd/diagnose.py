@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from nordwgd.errors import InvalidArgument, NordwgdError
-from nordwgd.provider.parse import Insights
+from nordwgd.provider.nordvpn.parse import Insights
 
 log = logging.getLogger(__name__)
 

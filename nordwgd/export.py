@@ -17,14 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nordwgd.catalog import Catalog
 from nordwgd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from nordwgd.errors import ConfigError, InvalidArgument, NordwgdError, NotLoggedIn
 from nordwgd.files import write_atomic
 from nordwgd.model import Secret
-from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.provider.nordvpn.api import NordVpnApi
+from nordwgd.provider.nordvpn.catalog import Catalog
+from nordwgd.provider.nordvpn.wgconf import render_wg_quick, tunnel_params
 from nordwgd.token import load_token
-from nordwgd.wgconf import render_wg_quick, tunnel_params
 
 PROG = "nordwgd export-config"
 EXIT_OK = 0

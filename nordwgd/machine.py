@@ -39,9 +39,9 @@ from nordwgd import errors
 from nordwgd.config import Config
 from nordwgd.health import HealthMonitor
 from nordwgd.model import Endpoint, TunnelParams
-from nordwgd.planner import Target
 from nordwgd.states import ACTIVE_STATES, Blocking, ErrorCause, State, cause_of, is_transient
 from nordwgd.status import NO_TUNNEL, Location, Status, remember
+from nordwgd.target import Target
 from nordwgd.wireguard import PeerStats
 
 if TYPE_CHECKING:  # the real engine pulls in netlink and nftables; the machine needs only the type

@@ -1,7 +1,7 @@
 """The core facade: everything the D-Bus layer (and the CLI through it) can ask of nordwgd.
 
-The Manager wires the parts together (config, catalog, API client, planner, engine, state
-machine), checks requests before they are accepted, and keeps two small files:
+The Manager wires the parts together (config, the provider that ``config.provider`` names,
+engine, state machine), checks requests before they are accepted, and keeps two small files:
 
 - ``state_dir/settings.json``: the Lockdown and AllowLan choices (no secrets), which override
   the config's defaults across restarts;
@@ -28,16 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nordwgd import __version__, diagnose
-from nordwgd.catalog import Catalog
 from nordwgd.config import Config
 from nordwgd.engine import Engine, SystemEngine
 from nordwgd.errors import InvalidArgument, NordwgdError
 from nordwgd.files import remove, write_atomic
 from nordwgd.machine import Companion, Machine, Tuning
 from nordwgd.model import Pinholes, TunnelParams
-from nordwgd.planner import Planner, Target
 from nordwgd.provider.base import Provider
-from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.provider.factory import ProviderFactory, open_provider
 from nordwgd.sharedcall import SharedResults
 from nordwgd.split.excluded import ExcludedApps
 from nordwgd.states import Blocking, State
@@ -48,6 +46,7 @@ from nordwgd.status import (
     location_properties,
     server_properties,
 )
+from nordwgd.target import Target
 from nordwgd.token import store_token, validate_token
 
 log = logging.getLogger(__name__)
@@ -177,14 +176,12 @@ class Manager:
         *,
         engine_factory: Callable[[Config], Engine] | None = None,
         tuning: Tuning | None = None,
-        api: NordVpnApi | None = None,
-        catalog: Catalog | None = None,
+        provider_factory: ProviderFactory = open_provider,
     ) -> None:
         self._config = config
         self._engine_factory = engine_factory
         self._tuning = tuning or Tuning()
-        self._api = api or NordVpnApi(config.api, fwmark=config.network.fwmark)
-        self._catalog = catalog
+        self._provider_factory = provider_factory
         self._planner: Provider | None = None
         self._machine: Machine | None = None
         self._engine: Engine | None = None
@@ -213,9 +210,7 @@ class Manager:
     async def start(self) -> None:
         """Undo a killed process's leftovers, apply the initial policy, resume a wanted tunnel."""
         config = self._config
-        if self._catalog is None and config.provider == "nordvpn":
-            self._catalog = await asyncio.to_thread(Catalog.load)
-        self._planner = self._make_provider()
+        self._planner = await self._provider_factory(config, self._open_pinholes)
         settings = await asyncio.to_thread(load_settings, config)
         recent = await asyncio.to_thread(load_recent, config)
         engine = self._make_engine()
@@ -243,15 +238,6 @@ class Manager:
         for callback in self._subscribers:
             self._machine.subscribe(callback)
         await self._machine.start(resume=resume)
-
-    def _make_provider(self) -> Provider:
-        config = self._config
-        if config.provider == "pia":
-            from nordwgd.provider.pia.provider import PiaPlanner
-
-            return PiaPlanner(config, allow=self._open_pinholes)
-        assert self._catalog is not None
-        return Planner(config, self._api, self._catalog)
 
     def _make_engine(self) -> Engine:
         if self._engine_factory is not None:
@@ -352,7 +338,6 @@ class Manager:
             await asyncio.to_thread(write_target, self._config, None)
         if self._planner is not None:
             await self._planner.aclose()
-        await self._api.aclose()
         return kept
 
     async def _record_target(self, target: Target | None) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nordwgd.catalog import (
+from nordwgd.errors import ApiUnavailable, ConfigError, InvalidArgument, UnknownLocation
+from nordwgd.provider.nordvpn.catalog import (
     COUNTRIES,
     DATA_DIRECTORY,
     Catalog,
@@ -19,7 +20,6 @@ from nordwgd.catalog import (
     parse_body,
     write_catalog,
 )
-from nordwgd.errors import ApiUnavailable, ConfigError, InvalidArgument, UnknownLocation
 from nordwgd.testing.fakeapi import FakeApi
 from nordwgd.testing.fleet import default_fleet
 from nordwgd.testing.pki import make_pki
@@ -245,7 +245,7 @@ def test_damaged_catalog_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_write_catalog_is_verbatim_and_leaves_no_temporaries(tmp_path: Path) -> None:
-    from nordwgd.catalog import SOURCES
+    from nordwgd.provider.nordvpn.catalog import SOURCES
 
     bodies = {source: (FIXTURES / source.file_name).read_bytes() for source in SOURCES}
     written = write_catalog(bodies, tmp_path / "out")
@@ -274,7 +274,7 @@ def test_refresh_command_writes_the_api_bodies(
     api, config = fake_api
     output = tmp_path / "data"
     done = subprocess.run(
-        [sys.executable, "-m", "nordwgd.catalog", "refresh", "--config", config,
+        [sys.executable, "-m", "nordwgd.provider.nordvpn.catalog", "refresh", "--config", config,
          "--output", output],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -300,7 +300,7 @@ def test_refresh_failure_writes_nothing(
     api.set_fault("garbage", paths="/v1/technologies")
     assert main(["refresh", "--config", str(config), "--output", str(output)]) == 1
     error = capsys.readouterr().err
-    assert error.startswith("python -m nordwgd.catalog: error: ")
+    assert error.startswith("python -m nordwgd.provider.nordvpn.catalog: error: ")
     assert "/v1/technologies" in error
     assert not output.exists()  # countries and groups were fetched, but nothing is half-written
 

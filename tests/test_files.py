@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from nordwgd import catalog, files
+from nordwgd import files
 from nordwgd.config import Config, PathsConfig
 from nordwgd.manager import Settings, save_settings, write_target
 from nordwgd.model import Secret
-from nordwgd.planner import Target
+from nordwgd.provider.nordvpn import catalog
 from nordwgd.runstate import Journal
+from nordwgd.target import Target
 from nordwgd.testing.fleet import default_token
 from nordwgd.token import delete_token, store_token
 

@@ -21,9 +21,9 @@ from nordwgd.config import Config, HealthConfig
 from nordwgd.health import HealthMonitor
 from nordwgd.machine import Machine, Tuning
 from nordwgd.model import Endpoint, Secret, Server, TunnelParams
-from nordwgd.planner import Place, Target
 from nordwgd.states import State
 from nordwgd.status import RECENT_LIMIT, Location, Status, remember
+from nordwgd.target import Place, Target
 from nordwgd.wireguard import PeerStats
 
 WAIT = 5.0  # upper bound for waits on state; never an assertion about speed

@@ -9,6 +9,7 @@ the double of test_machine; the API is the fake one over HTTPS on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -21,7 +22,8 @@ import pytest
 from nordwgd import manager as manager_module
 from nordwgd.config import ApiConfig, Config, PathsConfig
 from nordwgd.manager import Manager, load_settings, read_target
-from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.provider.factory import open_provider
+from nordwgd.provider.nordvpn.api import NordVpnApi
 from nordwgd.states import State
 from nordwgd.testing.fakeapi import FakeApi
 from nordwgd.testing.fleet import default_fleet, default_token
@@ -59,7 +61,11 @@ async def built(tmp_path: Path) -> AsyncIterator[Built]:
         config = replace(config, health=replace(config.health, handshake_timeout=0.2))
         engine = FakeEngine()
         manager = Manager(
-            config, engine_factory=lambda _: engine, api=NordVpnApi(api_config, backoff=0.01)
+            config,
+            engine_factory=lambda _: engine,
+            provider_factory=functools.partial(
+                open_provider, nordvpn_api=NordVpnApi(api_config, backoff=0.01)
+            ),
         )
         await manager.start()
         await manager.set_token(default_token())

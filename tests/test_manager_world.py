@@ -9,6 +9,7 @@ after Disconnect traffic leaves through the uplink again.
 
 from __future__ import annotations
 
+import functools
 import json
 import queue
 import subprocess
@@ -295,7 +296,8 @@ async def manager(tmp_path: Path) -> Any:
 
     from nordwgd.config import ApiConfig, Config, PathsConfig
     from nordwgd.manager import Manager
-    from nordwgd.provider.nordvpn import NordVpnApi
+    from nordwgd.provider.factory import open_provider
+    from nordwgd.provider.nordvpn.api import NordVpnApi
     from nordwgd.testing.fakeapi import FakeApi
     from nordwgd.testing.fleet import default_fleet
     from nordwgd.testing.pki import make_pki
@@ -314,7 +316,11 @@ async def manager(tmp_path: Path) -> Any:
         config = dc_replace(config, health=dc_replace(config.health, handshake_timeout=0.2))
         engine = FakeEngine()
         built = Manager(
-            config, engine_factory=lambda _: engine, api=NordVpnApi(api_config, backoff=0.01)
+            config,
+            engine_factory=lambda _: engine,
+            provider_factory=functools.partial(
+                open_provider, nordvpn_api=NordVpnApi(api_config, backoff=0.01)
+            ),
         )
         await built.start()
         try:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from nordwgd.errors import ApiUnavailable, NordwgdError
-from nordwgd.provider import parse
+from nordwgd.provider.nordvpn import parse
 from nordwgd.testing.fleet import fixture_bytes
 
 RECOMMENDATIONS = json.loads(fixture_bytes("recommendations.json"))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from nordwgd.errors import ApiUnavailable
 from nordwgd.model import Server
-from nordwgd.provider import parse
+from nordwgd.provider.nordvpn import parse
 from nordwgd.testing.fleet import fixture_bytes
 
 SERVERS: list[dict[str, Any]] = json.loads(fixture_bytes("recommendations.json"))

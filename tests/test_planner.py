@@ -12,11 +12,12 @@ from ipaddress import ip_address
 import pytest
 
 from nordwgd import errors
-from nordwgd.catalog import Catalog
 from nordwgd.config import ApiConfig, Config, LocationConfig
 from nordwgd.model import Secret
-from nordwgd.planner import Place, Planner, Target, normalize_hostname
-from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.provider.nordvpn.api import NordVpnApi
+from nordwgd.provider.nordvpn.catalog import Catalog
+from nordwgd.provider.nordvpn.planner import Planner, normalize_hostname
+from nordwgd.target import Place, Target
 from nordwgd.testing.fakeapi import FakeApi, parse_query
 from nordwgd.testing.fleet import Fleet, default_fleet, default_token
 from nordwgd.testing.pki import Pki, make_pki

@@ -18,8 +18,8 @@ import pytest
 from nordwgd.config import ApiConfig
 from nordwgd.errors import ApiUnavailable, AuthFailed, NoServer, UnknownLocation
 from nordwgd.model import Secret, Server
-from nordwgd.provider import parse
-from nordwgd.provider.nordvpn import OFF_LOOP_BYTES, NordVpnApi
+from nordwgd.provider.nordvpn import parse
+from nordwgd.provider.nordvpn.api import OFF_LOOP_BYTES, NordVpnApi
 from nordwgd.selection import select_servers
 from nordwgd.testing.fakeapi import FakeApi
 from nordwgd.testing.fleet import Fleet, default_fleet, default_token, fixture_bytes, large_fleet

@@ -129,7 +129,7 @@ def test_bad_format_string_is_still_redacted(
 
 
 def test_the_nordlynx_private_key_is_redacted_once_parsed(caplog: pytest.LogCaptureFixture) -> None:
-    from nordwgd.provider.parse import parse_credentials
+    from nordwgd.provider.nordvpn.parse import parse_credentials
     from nordwgd.redact import RedactingFilter
 
     key = "Vpod389HKdiGiagYlGSEmd96FUEr8dFSulc2u3Idt4A="

@@ -12,7 +12,7 @@ import pytest
 
 from nordwgd.errors import InvalidArgument, NoServer
 from nordwgd.model import NORDLYNX_DNS, Credentials, Endpoint, Secret, Server
-from nordwgd.wgconf import render_wg_quick, tunnel_params
+from nordwgd.provider.nordvpn.wgconf import render_wg_quick, tunnel_params
 
 PRIVATE = "oOQW3cgcumh8XNVwk1kxzMTyknkn1nmrg+8mqbJcfIA="
 PUBLIC = "m0tej5P6pYfBivkJc8yRV4KqQXmM81AChLlzlsOSjSs="

@@ -1,6 +1,6 @@
 """The provider interface: what the state machine, the manager and the engine need from a
-VPN service. NordVPN (``nordwgd.planner.Planner`` over ``provider/nordvpn``) and PIA
-(``provider/pia``) are behind it; nothing else knows which one is in use.
+VPN service. NordVPN (``provider/nordvpn``) and PIA (``provider/pia``) are behind it, made by
+``nordwgd.provider.factory`` from ``config.provider``; nothing else knows which one is in use.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from nordwgd.model import Pinholes, Server, TunnelParams
-from nordwgd.planner import Target
+from nordwgd.target import Target
 
 
 class Provider(Protocol):

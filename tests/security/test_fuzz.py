@@ -31,10 +31,11 @@ from hypothesis import strategies as st
 
 from nordwgd import errors
 from nordwgd.bus import convert
-from nordwgd.catalog import Catalog
 from nordwgd.config import Config, load_config, parse_config
-from nordwgd.planner import check_options, normalize_hostname
-from nordwgd.provider import parse
+from nordwgd.provider.nordvpn import parse
+from nordwgd.provider.nordvpn.catalog import Catalog
+from nordwgd.provider.nordvpn.planner import OPTION_KEYS, normalize_hostname
+from nordwgd.target import check_options
 from nordwgd.testing.fleet import fixture_bytes
 from nordwgd.testing.world import to_toml
 from nordwgd.token import validate_token
@@ -460,7 +461,7 @@ def test_to_variant_always_builds_a_valid_variant(tried: Counter, value: object)
 )
 def test_check_options(tried: Counter, options: dict[str, object]) -> None:
     tried()
-    result = only_typed(lambda: check_options(options))
+    result = only_typed(lambda: check_options(options, OPTION_KEYS))
     if isinstance(result, errors.NordwgdError):
         assert isinstance(result, errors.InvalidArgument)
 

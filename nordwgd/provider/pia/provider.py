@@ -34,11 +34,11 @@ from nordwgd.config import Config, MetaServer
 from nordwgd.errors import ApiUnavailable, AuthFailed, ConfigError, InvalidArgument, NoServer
 from nordwgd.files import write_atomic
 from nordwgd.model import Endpoint, Pinholes, Secret, Server, TunnelParams
-from nordwgd.planner import Target, check_options
 from nordwgd.provider.pia import login, regions
 from nordwgd.provider.pia.api import AddKeyAnswer, PiaApi, shipped
 from nordwgd.provider.pia.regions import PiaServer, Region, RegionList
 from nordwgd.redact import register_secret
+from nordwgd.target import Target, check_options
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from nordwgd.config import ApiConfig
 from nordwgd.errors import ApiUnavailable, AuthFailed, InvalidArgument, NoServer, UnknownLocation
 from nordwgd.model import Credentials, IPAddress, Secret, Server
-from nordwgd.provider import parse
-from nordwgd.provider.parse import Insights
+from nordwgd.provider.nordvpn import parse
+from nordwgd.provider.nordvpn.parse import Insights
 from nordwgd.sharedcall import SharedResults
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ def _url_host(address: IPAddress) -> str:
 def _load_http_stack() -> None:
     import httpx  # noqa: F401
 
-    import nordwgd.provider.marked  # noqa: F401
+    import nordwgd.provider.nordvpn.marked  # noqa: F401
 
 
 def _tls_reason(error: BaseException) -> str | None:
@@ -143,7 +143,7 @@ class NordVpnApi:
                 import httpcore
                 import httpx
 
-                from nordwgd.provider.marked import MarkedNetworkBackend
+                from nordwgd.provider.nordvpn.marked import MarkedNetworkBackend
 
                 try:
                     # Loading CA files reads the disk: keep it off the event loop.

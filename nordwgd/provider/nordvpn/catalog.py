@@ -2,9 +2,9 @@
 
 The data ships in ``data/`` exactly as the API sends it (``/v1/servers/countries``,
 ``/v1/servers/groups``, ``/v1/technologies``) and is refreshed by
-``python -m nordwgd.catalog refresh``. Names typed by people are resolved here: case, accents,
-``_`` and ``-`` do not matter; ISO codes, API ids and short group names work; a miss comes with
-suggestions.
+``python -m nordwgd.provider.nordvpn.catalog refresh``. Names typed by people are resolved here:
+case, accents, ``_`` and ``-`` do not matter; ISO codes, API ids and short group names work; a
+miss comes with suggestions.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from nordwgd.errors import (
 )
 from nordwgd.files import write_atomic
 
-DATA_DIRECTORY = Path(__file__).resolve().parent / "data"
+DATA_DIRECTORY = Path(__file__).resolve().parents[2] / "data"  # nordwgd/data
 
 ApiObject = dict[str, Any]  # one JSON object of an API body, its keys checked by parse_body
 
@@ -356,7 +356,7 @@ def _load_cached(directory: Path, signature: tuple[tuple[int, int], ...]) -> Cat
 
 async def fetch_catalog(config_path: Path) -> dict[_Source, bytes]:
     """Every catalog body from the API, each checked; nothing is written here."""
-    from nordwgd.provider.nordvpn import NordVpnApi  # the HTTP stack only when refreshing
+    from nordwgd.provider.nordvpn.api import NordVpnApi  # the HTTP stack only when refreshing
 
     config = load_config(config_path)
     api = NordVpnApi(config.api)
@@ -384,7 +384,8 @@ def write_catalog(bodies: Mapping[_Source, bytes], directory: Path) -> list[Path
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m nordwgd.catalog", description="Maintain the NordVPN location catalog."
+        prog="python -m nordwgd.provider.nordvpn.catalog",
+        description="Maintain the NordVPN location catalog.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     refresh = commands.add_parser("refresh", help="fetch countries, groups and technologies")

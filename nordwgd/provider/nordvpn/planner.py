@@ -12,19 +12,20 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 from nordwgd import diagnose
-from nordwgd.catalog import Catalog
 from nordwgd.config import Config
 from nordwgd.errors import InvalidArgument, NordwgdError, NoServer, NotLoggedIn, UnknownLocation
 from nordwgd.model import Credentials, IPAddress, Secret, Server, TunnelParams
-from nordwgd.provider.nordvpn import NordVpnApi
+from nordwgd.provider.nordvpn.api import NordVpnApi
+from nordwgd.provider.nordvpn.catalog import Catalog
+from nordwgd.provider.nordvpn.wgconf import tunnel_params
 from nordwgd.selection import select_servers
+from nordwgd.target import Place, Target, check_options
 from nordwgd.token import delete_token, load_token
-from nordwgd.wgconf import tunnel_params
 
 log = logging.getLogger(__name__)
 
@@ -34,53 +35,10 @@ _A = TypeVar("_A")
 _B = TypeVar("_B")
 
 
-@dataclass(frozen=True)
-class Place:
-    """One resolved country (and optionally city) to take servers from."""
-
-    country_id: int
-    city_id: int | None = None
-    label: str = ""
-
-
-@dataclass(frozen=True)
-class Target:
-    """A resolved connection request. Empty fields mean "anywhere"."""
-
-    places: tuple[Place, ...] = ()
-    group: str | None = None  # group identifier, e.g. "legacy_p2p"
-    servers: tuple[str, ...] = ()  # hostnames, tried first
-    random_top: int = 0
-    options: tuple[tuple[str, str], ...] = ()  # what the caller asked for (recorded)
-    regions: tuple[str, ...] = ()  # provider regions as the caller named them (PIA)
-
-    def describe(self) -> str:
-        parts = [label for label in (p.label for p in self.places) if label]
-        parts.extend(self.regions)
-        if self.group:
-            parts.append(self.group)
-        parts.extend(self.servers)
-        return ", ".join(parts) or "anywhere"
-
-
 # Servers that failed (no handshake, failed health) are tried last for this long.
 FAILURE_MEMORY_SECONDS = 600.0
 RECOMMENDATIONS_LIMIT = 20
 _HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
-
-
-def check_options(
-    options: Mapping[str, object], allowed: Sequence[str] = OPTION_KEYS
-) -> dict[str, str]:
-    """The options as stripped strings; InvalidArgument naming the first bad key."""
-    checked: dict[str, str] = {}
-    for key, value in options.items():
-        if key not in allowed:
-            raise InvalidArgument(f"unknown option {key!r} (expected one of: {', '.join(allowed)})")
-        if not isinstance(value, str):
-            raise InvalidArgument(f"option {key!r} must be a string, not {type(value).__name__}")
-        checked[key] = value.strip()
-    return checked
 
 
 def normalize_hostname(text: str) -> str:
@@ -124,7 +82,7 @@ class Planner:
 
         Raises InvalidArgument (bad key, type or value) or UnknownLocation (with suggestions).
         """
-        given = {key: value for key, value in check_options(options).items() if value}
+        given = {key: value for key, value in check_options(options, OPTION_KEYS).items() if value}
         random_top = self._config.location.random_top
         if not given:
             return self._resolve_default(random_top)
@@ -356,7 +314,7 @@ class Planner:
 
     async def servers(self, options: Mapping[str, object], limit: int) -> list[Server]:
         """Recommended servers for a ListServers filter (same keys as Connect)."""
-        checked = check_options(options)
+        checked = check_options(options, OPTION_KEYS)
         target = self.resolve(checked) if any(checked.values()) else Target()
         lists: list[list[Server]] = []
         if target.servers:
