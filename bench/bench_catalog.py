@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from nordwgd.model import Server
 from nordwgd.provider.nordvpn.parse import parse_servers
-from nordwgd.selection import select_servers
+from nordwgd.provider.nordvpn.selection import select_servers
 from nordwgd.testing.fakeapi import ServerIndex
 from nordwgd.testing.fleet import large_fleet
 

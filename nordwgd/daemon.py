@@ -285,7 +285,7 @@ async def run(config: Config, config_path: Path | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == [EXPORT_COMMAND]:
-        from nordwgd import export
+        from nordwgd.provider.nordvpn import export
 
         return export.main(arguments[1:])
     args = parse_args(arguments)

@@ -121,7 +121,8 @@ def see_also(*pages: str) -> list[str]:
 
 
 def nordwgd_page() -> str:
-    from nordwgd import daemon, export
+    from nordwgd import daemon
+    from nordwgd.provider.nordvpn import export
 
     parser = daemon.build_parser()
     lines = header("nordwgd", 8, "System Administration")

@@ -14,8 +14,8 @@ import pytest
 
 from nordwgd import errors
 from nordwgd.config import ApiConfig, Config, DnsConfig
-from nordwgd.export import export_config
 from nordwgd.model import Secret
+from nordwgd.provider.nordvpn.export import export_config
 from nordwgd.testing.fakeapi import FakeApi
 from nordwgd.testing.fleet import Fleet, ServerSpec, default_fleet, default_token
 from nordwgd.testing.pki import Pki, make_pki
@@ -115,7 +115,7 @@ async def test_replaces_an_existing_file_keeping_it_private(
 def test_a_failed_write_is_named_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nordwgd import export
+    from nordwgd.provider.nordvpn import export
 
     def disk_full(fd: int) -> None:
         raise OSError(28, "No space left on device")

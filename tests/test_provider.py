@@ -20,7 +20,7 @@ from nordwgd.errors import ApiUnavailable, AuthFailed, NoServer, UnknownLocation
 from nordwgd.model import Secret, Server
 from nordwgd.provider.nordvpn import parse
 from nordwgd.provider.nordvpn.api import OFF_LOOP_BYTES, NordVpnApi
-from nordwgd.selection import select_servers
+from nordwgd.provider.nordvpn.selection import select_servers
 from nordwgd.testing.fakeapi import FakeApi
 from nordwgd.testing.fleet import Fleet, default_fleet, default_token, fixture_bytes, large_fleet
 from nordwgd.testing.pki import Pki, make_pki

@@ -9,7 +9,11 @@ import pytest
 
 from nordwgd.errors import NoServer
 from nordwgd.model import Server
-from nordwgd.selection import describe_unusable, select_servers, select_with_fallback
+from nordwgd.provider.nordvpn.selection import (
+    describe_unusable,
+    select_servers,
+    select_with_fallback,
+)
 
 KEY = "m0tej5P6pYfBivkJc8yRV4KqQXmM81AChLlzlsOSjSs="
 

@@ -22,8 +22,8 @@ from nordwgd.errors import InvalidArgument, NordwgdError, NoServer, NotLoggedIn,
 from nordwgd.model import Credentials, IPAddress, Secret, Server, TunnelParams
 from nordwgd.provider.nordvpn.api import NordVpnApi
 from nordwgd.provider.nordvpn.catalog import Catalog
+from nordwgd.provider.nordvpn.selection import select_servers
 from nordwgd.provider.nordvpn.wgconf import tunnel_params
-from nordwgd.selection import select_servers
 from nordwgd.target import Place, Target, check_options
 from nordwgd.token import delete_token, load_token
 
