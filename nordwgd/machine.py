@@ -12,10 +12,12 @@ strictest policy, so traffic is never left open by a failure.
 
 Every command goes through one queue and is taken in arrival order: Connect (with the look-up
 of a named server), Disconnect, Reconnect, Renew, the Lockdown and AllowLan settings, token
-changes, health verdicts and stop. The state decides what a command means. While a command
+changes, health verdicts, forwarded-port updates and stop. The state decides what a command
+means. While a command
 waits (an API call, the handshake wait, a backoff), a newer command that changes what the
 machine does interrupts the wait, never a half-applied system change; a setting is applied
-in between and the wait goes on; a health verdict about a connection that is gone is dropped.
+in between and the wait goes on; a health verdict or a forwarded port about a connection that
+is gone is dropped, so it never changes what is published about the next one.
 A transition interrupted by a command that wants no other target (a token change) is started
 again, so a wanted tunnel is never left in ``connecting`` with nothing under way.
 
@@ -101,13 +103,14 @@ _PREEMPTING = frozenset({"connect", "disconnect", "reconnect", "renew", "retry",
 
 @dataclass
 class _Command:
-    # connect | disconnect | reconnect | renew | retry | verdict | lockdown | allow_lan |
-    # policy | credentials | stop
+    # connect | disconnect | reconnect | renew | retry | verdict | port | lockdown |
+    # allow_lan | policy | credentials | stop
     kind: str
     target: Target | None = None
     reason: str = ""
     value: bool = False
-    connection: int = 0  # the connection a health verdict is about
+    port: int = 0  # the forwarded port of a port update
+    connection: int = 0  # the connection a health verdict or a port update is about
     # connect: the look-up that must pass first; reconnect: what gives the default target;
     # renew: the refresh; credentials: the change itself.
     action: Action | None = None
@@ -314,6 +317,7 @@ class Machine:
         self._scheduled = None
         self._refuse_queued()
         await self._stop_health()
+        self._emit()  # the forwarded port went with the companion
         keep = keep_blocking_on_stop(self._status) if keep_blocking is None else keep_blocking
         if keep:
             return True
@@ -516,9 +520,10 @@ class Machine:
             elif head.kind == "policy":
                 self._queue.popleft()
                 await self._reapply(head)
-            elif head.kind == "verdict":
+            elif head.kind in ("verdict", "port"):
+                # No connection is current in the middle of a transition.
                 self._queue.popleft()
-                self._verdict_dropped(head)
+                self._dropped(head)
             elif head.kind == "credentials" and not planner_busy:
                 self._queue.popleft()
                 await self._credentials(head)
@@ -526,13 +531,18 @@ class Machine:
                 return True
         return False
 
-    def _verdict_dropped(self, command: _Command) -> None:
+    def _is_current(self, command: _Command) -> bool:
+        return command.connection == self._connection and self.state == State.CONNECTED
+
+    def _dropped(self, command: _Command) -> None:
+        what = "a health verdict" if command.kind == "verdict" else "a forwarded port"
         log.info(
-            "dropping a health verdict about connection %d (now %d, %s): %s",
+            "dropping %s about connection %d (now %d, %s): %s",
+            what,
             command.connection,
             self._connection,
             self.state.value,
-            command.reason,
+            command.reason or command.port,
         )
         command.answer()
 
@@ -558,10 +568,15 @@ class Machine:
             await self._set_target(None)
             await self._disconnect()
         elif kind == "verdict":
-            if command.connection != self._connection or self.state != State.CONNECTED:
-                self._verdict_dropped(command)
-            else:
+            if self._is_current(command):
                 await self._failover(command)
+            else:
+                self._dropped(command)
+        elif kind == "port":
+            if self._is_current(command):
+                self._forwarded_port(command.port)
+            else:
+                self._dropped(command)
         elif kind in ("lockdown", "allow_lan"):
             await self._setting(command)
         elif kind == "policy":
@@ -759,8 +774,12 @@ class Machine:
         )
         self._health.start()
         if self._companion_factory is not None:
+
+            def publish(port: int) -> None:
+                self._submit(_Command("port", port=port, connection=connection))
+
             interface = self._status.interface
-            self._companion = self._companion_factory(params, interface, self._forwarded_port)
+            self._companion = self._companion_factory(params, interface, publish)
             if self._companion is not None:
                 self._companion.start()
 
@@ -902,3 +921,6 @@ class Machine:
         companion, self._companion = self._companion, None
         if companion is not None:
             await companion.stop()
+            # The port went with its tunnel; the port 0 the companion sends on stopping comes
+            # through the queue too late and is dropped. The next state publishes this.
+            self._set(forwarded_port=0)

@@ -19,7 +19,7 @@ import pytest
 from nordwgd import errors
 from nordwgd.config import Config, HealthConfig
 from nordwgd.health import HealthMonitor
-from nordwgd.machine import Machine, Tuning
+from nordwgd.machine import Companion, CompanionFactory, Machine, Tuning
 from nordwgd.model import Endpoint, Secret, Server, TunnelParams
 from nordwgd.states import State
 from nordwgd.status import RECENT_LIMIT, Location, Status, remember
@@ -226,6 +226,7 @@ def build(
     prober: object = None,
     recent: tuple[Location, ...] = (),
     health_factory: Callable[..., HealthMonitor] | None = None,
+    companion_factory: CompanionFactory | None = None,
 ) -> Harness:
     config = Config()
     config = replace(config, health=health or replace(config.health, handshake_timeout=0.2))
@@ -258,6 +259,7 @@ def build(
         recent_locations=recent,
         on_recent=on_recent,
         health_factory=factory,
+        companion_factory=companion_factory,
     )
     harness = Harness(machine, engine, planner)
     harness_box.append(harness)
@@ -811,6 +813,65 @@ async def test_a_verdict_about_the_current_connection_still_fails_over() -> None
         await asyncio.sleep(0.1)
         assert harness.machine.state == State.CONNECTED
         assert harness.states()[-2:] == ["reconnecting", "connected"]
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+class PortCompanion:
+    """Stands in for the port forwarder: the test decides when it publishes a port."""
+
+    def __init__(self, publish: Callable[[int], None]) -> None:
+        self.publish = publish
+        self.stopped = False
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        self.stopped = True
+        self.publish(0)  # as the port forwarder does when its tunnel goes
+
+
+def port_companions() -> tuple[list[PortCompanion], CompanionFactory]:
+    made: list[PortCompanion] = []
+
+    def factory(
+        params: TunnelParams, interface: str, publish: Callable[[int], None]
+    ) -> Companion | None:
+        made.append(PortCompanion(publish))
+        return made[-1]
+
+    return made, factory
+
+
+async def test_a_port_about_the_previous_connection_is_never_published() -> None:
+    """A port update goes through the queue with its connection: one that arrives after a
+    reconnect (the old forwarder's bind answered late) is dropped, not shown as the new
+    connection's port, and the new connection's own port is published."""
+    companions, factory = port_companions()
+    harness = build(companion_factory=factory)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.wait_state(State.CONNECTED)
+        companions[0].publish(47047)
+        await harness.machine.wait_for(lambda status: status.forwarded_port == 47047, WAIT)
+        harness.machine.reconnect(TARGET)
+        await harness.machine.wait_for(on_server("de2.nordvpn.com", "connected"), WAIT)
+        assert companions[0].stopped and len(companions) == 2
+        assert harness.machine.status.forwarded_port == 0
+        companions[0].publish(51000)  # late, about the connection that is gone
+        await harness.machine.set_lockdown(False)  # answered after the port update was taken
+        assert harness.machine.status.forwarded_port == 0
+        companions[1].publish(52000)
+        await harness.machine.wait_for(lambda status: status.forwarded_port == 52000, WAIT)
+        harness.machine.disconnect()
+        await harness.wait_state(State.DISCONNECTED)
+        companions[1].publish(53000)  # after the disconnect: dropped as well
+        await harness.machine.set_lockdown(False)
+        assert harness.machine.status.forwarded_port == 0
+        ports = [n["forwarded_port"] for n in harness.notifications if "forwarded_port" in n]
+        assert ports == [47047, 0, 52000, 0]
     finally:
         await harness.machine.stop(keep_blocking=False)
 
