@@ -215,6 +215,11 @@ class Machine:
         self._retry_streak = 0
         self._last_failover: float | None = None
         self._failover_streak = 0
+        # Servers a health verdict left in this run of failovers: a retry tries them after
+        # every other one (the planner's memory ranks them with those that merely missed a
+        # handshake, so the dead one came first again, and its next verdict waited out the
+        # failover spacing on a dead tunnel).
+        self._condemned: frozenset[str] = frozenset()
         self._params: TunnelParams | None = None
         self._status = Status(
             lockdown=lockdown,
@@ -556,6 +561,7 @@ class Machine:
                 return
             command.answer()
             self._retry_streak = 0
+            self._condemned = frozenset()
             if kind == "connect":
                 await self._connect(State.CONNECTING, frozenset())
             elif accepted:
@@ -563,8 +569,9 @@ class Machine:
         elif kind == "retry":
             if self._target is not None and self.state in (*ACTIVE_STATES, State.ERROR):
                 again = State.RECONNECTING if self.state == State.RECONNECTING else State.CONNECTING
-                await self._connect(again, frozenset())
+                await self._connect(again, frozenset(), avoid=self._condemned)
         elif kind == "disconnect":
+            self._condemned = frozenset()
             await self._set_target(None)
             await self._disconnect()
         elif kind == "verdict":
@@ -676,7 +683,11 @@ class Machine:
         except Exception as error:
             log.error("tunnel down failed: %s", error)
 
-    async def _connect(self, state: State, exclude: frozenset[str]) -> None:
+    async def _connect(
+        self, state: State, exclude: frozenset[str], avoid: frozenset[str] = frozenset()
+    ) -> None:
+        """Try up to ``max_servers`` servers of the target, none in ``exclude``, and those in
+        ``avoid`` only after every other one."""
         target = self._target
         assert target is not None
         await self._stop_health()
@@ -684,13 +695,11 @@ class Machine:
             return
         if self._engine.tunnel_is_up:
             await self._step("taking the tunnel down", self._engine.tunnel_down())
-        failed = set(exclude)
+        failed = set(exclude) | avoid
         tried = 0
         for attempt in range(self._tuning.max_servers):
             try:
-                params = await self._interruptible(
-                    "planning", self._planner.plan(target, attempt, frozenset(failed)), planner=True
-                )
+                params = await self._plan(target, attempt, failed, avoid)
             except errors.NoServer as error:
                 if tried:  # every server that matched has been tried already
                     break
@@ -731,6 +740,23 @@ class Machine:
             failed.add(hostname)
             await self._step("taking the tunnel down", self._engine.tunnel_down())
         await self._to_error(ErrorCause.TUNNEL_FAILED, f"no handshake from {tried} server(s)")
+
+    async def _plan(
+        self, target: Target, attempt: int, failed: set[str], avoid: frozenset[str]
+    ) -> TunnelParams:
+        """The next server, not one in ``failed`` unless only those in ``avoid`` are left
+        (they are taken out of ``failed`` then)."""
+        try:
+            return await self._interruptible(
+                "planning", self._planner.plan(target, attempt, frozenset(failed)), planner=True
+            )
+        except errors.NoServer:
+            if not avoid & failed:
+                raise
+        failed -= avoid  # only avoided servers are left: they come last
+        return await self._interruptible(
+            "planning", self._planner.plan(target, attempt, frozenset(failed)), planner=True
+        )
 
     async def _classify(self, error: errors.NordwgdError) -> ErrorCause:
         cause = cause_of(error)
@@ -846,6 +872,7 @@ class Machine:
             )
             if now - self._last_failover > 2 * gap:
                 self._failover_streak = 0  # it held long enough: start over
+                self._condemned = frozenset()
             elif now - self._last_failover < gap:
                 # Too soon after the last one: wait instead of flapping between servers.
                 log.info("health failed (%s); next failover in %.0fs", reason, gap)
@@ -854,6 +881,7 @@ class Machine:
         log.warning("health failed (%s): switching server", reason)
         self._last_failover = now
         self._failover_streak += 1
+        self._condemned |= self._current_hostnames()
         for hostname in self._current_hostnames():
             self._planner.mark_failed(hostname)
         await self._connect(State.RECONNECTING, self._current_hostnames())

@@ -876,6 +876,57 @@ async def test_a_port_about_the_previous_connection_is_never_published() -> None
         await harness.machine.stop(keep_blocking=False)
 
 
+async def test_a_failover_that_reaches_no_server_does_not_go_back_to_the_dead_one() -> None:
+    """The servers after the dead one miss their handshakes (under load), so the failover
+    ends in error; its retry must not reconnect to the server the verdict condemned (which
+    answers handshakes but forwards nothing: its next verdict would then wait out the
+    failover spacing on a dead tunnel), but to a server that may work now."""
+    verdicts: list[Callable[[str], None]] = []
+
+    def monitor(*args: object, **kwargs: object) -> HealthMonitor:
+        verdicts.append(args[2])  # type: ignore[arg-type]
+        return HealthMonitor(*args, **kwargs)  # type: ignore[arg-type]
+
+    tuning = Tuning(retry_base=0.3, retry_max=0.3, health_tick=0.05)
+    harness = build(health_factory=monitor, tuning=tuning)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.machine.wait_for(on_server("de1.nordvpn.com", "connected"), WAIT)
+        harness.engine.dead = {"de2.nordvpn.com", "de3.nordvpn.com"}
+        verdicts[-1]("nothing received")
+        status = await harness.wait_state(State.ERROR)
+        assert status.error_cause == "tunnel-failed"
+        harness.engine.dead = set()  # the load is gone; de1 still forwards nothing
+        status = await harness.wait_state(State.CONNECTED)
+        assert status.server is not None and status.server.hostname == "de2.nordvpn.com"
+        assert harness.engine.calls.count(("up", "de1.nordvpn.com")) == 1
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
+async def test_a_retry_takes_the_condemned_server_when_no_other_is_left() -> None:
+    verdicts: list[Callable[[str], None]] = []
+
+    def monitor(*args: object, **kwargs: object) -> HealthMonitor:
+        verdicts.append(args[2])  # type: ignore[arg-type]
+        return HealthMonitor(*args, **kwargs)  # type: ignore[arg-type]
+
+    tuning = Tuning(retry_base=0.05, retry_max=0.05, health_tick=0.05, max_servers=2)
+    harness = build(servers=2, health_factory=monitor, tuning=tuning)
+    await harness.machine.start()
+    try:
+        harness.machine.connect(TARGET)
+        await harness.machine.wait_for(on_server("de1.nordvpn.com", "connected"), WAIT)
+        harness.engine.dead = {"de2.nordvpn.com"}  # for good: only de1 is left
+        verdicts[-1]("nothing received")
+        await harness.wait_state(State.ERROR)
+        status = await harness.wait_state(State.CONNECTED)
+        assert status.server is not None and status.server.hostname == "de1.nordvpn.com"
+    finally:
+        await harness.machine.stop(keep_blocking=False)
+
+
 async def test_a_connect_accepted_before_stop_is_kept_blocking() -> None:
     """Stop decides whether the kill switch stays after the commands before it: a Connect
     accepted just before is a wanted tunnel, so the firewall stays and the target with it."""
