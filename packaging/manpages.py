@@ -95,9 +95,25 @@ def _sentence(text: str) -> str:
     return text[:1].upper() + text[1:] + ("" if text.endswith((".", ")")) else ".")
 
 
+def usage_line(parser: argparse.ArgumentParser) -> str:
+    """The parser's usage as --help prints it, on one line and without "usage: "."""
+    return " ".join(parser.format_usage().split()).removeprefix("usage: ")
+
+
 def synopsis(parser: argparse.ArgumentParser) -> list[str]:
-    usage = " ".join(parser.format_usage().split()).removeprefix("usage: ")
-    return [".SH SYNOPSIS", ".nf", roff(usage), ".fi"]
+    return [".SH SYNOPSIS", ".nf", roff(usage_line(parser)), ".fi"]
+
+
+def command_page_start(
+    parser: argparse.ArgumentParser, name: str, section: int, title: str
+) -> list[str]:
+    """A command's page up to its description's first paragraph, taken from its parser."""
+    return [
+        *header(name, section, title),
+        *synopsis(parser),
+        ".SH DESCRIPTION",
+        roff(_sentence(parser.description or "")),
+    ]
 
 
 def subcommands(parser: argparse.ArgumentParser) -> Iterator[tuple[str, argparse.ArgumentParser]]:
@@ -125,11 +141,8 @@ def nordwgd_page() -> str:
     from nordwgd.provider.nordvpn import export
 
     parser = daemon.build_parser()
-    lines = header("nordwgd", 8, "System Administration")
-    lines += synopsis(parser)
+    lines = command_page_start(parser, "nordwgd", 8, "System Administration")
     lines += [
-        ".SH DESCRIPTION",
-        roff(_sentence(parser.description or "")),
         ".PP",
         roff(
             "nordwgd runs as the systemd service nordwgd.service (Type=notify) and owns the "
@@ -162,11 +175,8 @@ def killswitch_page() -> str:
     from nordwgd import killswitch
 
     parser = killswitch.build_parser()
-    lines = header("nordwgd-killswitch", 8, "System Administration")
-    lines += synopsis(parser)
+    lines = command_page_start(parser, "nordwgd-killswitch", 8, "System Administration")
     lines += [
-        ".SH DESCRIPTION",
-        roff(_sentence(parser.description or "")),
         ".PP",
         roff(
             "Run once per boot by nordwgd-killswitch.service, before the network comes up. "
@@ -186,17 +196,14 @@ def nordwgctl_page() -> str:
     from nordwgd import cli
 
     parser = cli.build_parser()
-    lines = header("nordwgctl", 1, "User Commands")
-    lines += synopsis(parser)
+    lines = command_page_start(parser, "nordwgctl", 1, "User Commands")
     lines += [
-        ".SH DESCRIPTION",
-        roff(_sentence(parser.description or "")),
         ".SH OPTIONS",
         *options(parser),
         ".SH COMMANDS",
     ]
     for _name, command in subcommands(parser):
-        usage = " ".join(command.format_usage().split()).removeprefix("usage: ")
+        usage = usage_line(command)
         lines += [".TP", f"\\fB{roff(usage)}\\fR", roff(_sentence(command.description or ""))]
         arguments = options(command)
         if arguments:
@@ -220,7 +227,7 @@ def nordwgctl_usage() -> str:
 
     lines = []
     for _name, command in subcommands(cli.build_parser()):
-        usage = " ".join(command.format_usage().split()).removeprefix("usage: ")
+        usage = usage_line(command)
         usage = usage.replace(" [-h]", "")
         purpose = command.description or ""
         if len(usage) > 38:
@@ -357,11 +364,8 @@ def tray_page() -> str:
     from nordwgd_tray import __main__ as tray
 
     parser = parser_of(tray.main)
-    lines = header("nordwgd-tray", 1, "User Commands")
-    lines += synopsis(parser)
+    lines = command_page_start(parser, "nordwgd-tray", 1, "User Commands")
     lines += [
-        ".SH DESCRIPTION",
-        roff(_sentence(parser.description or "")),
         ".PP",
         roff(
             "It starts with the desktop session (/etc/xdg/autostart/nordwgd-tray.desktop) and "
