@@ -28,7 +28,7 @@ api_addresses = ["198.51.100.30"]
 NOTHING_SAVED = SavedState(frozenset(), frozenset(), "")
 
 
-def connected(**changes: object) -> str:
+def connected_policy(**changes: object) -> FirewallPolicy:
     values: dict[str, object] = {
         "lockdown": False,
         "allow_lan": False,
@@ -40,10 +40,15 @@ def connected(**changes: object) -> str:
         "tunnel_interface": "pia0",
         "tunnel_dns": (ip_address("198.51.100.53"),),
         "ipv6_tunnel": False,
-        "api_extra": ((ip_address("203.0.113.11"), 1337), (ip_address("198.51.100.20"), 443)),
         **changes,
     }
-    return render(policy_for_state("connected", **values))  # type: ignore[arg-type]
+    return policy_for_state("connected", **values)  # type: ignore[arg-type]
+
+
+def connected(**changes: object) -> str:
+    """The connected ruleset, with PIA's WireGuard and meta servers open beside the tunnel."""
+    api_extra = ((ip_address("203.0.113.11"), 1337), (ip_address("198.51.100.20"), 443))
+    return render(connected_policy(**{"api_extra": api_extra, **changes}))
 
 
 def test_the_early_kill_switch_opens_pias_servers_not_nordvpns() -> None:
@@ -104,23 +109,6 @@ def test_gateway_mode_sends_the_port_to_one_lan_host() -> None:
         'iifname "pia0" ip daddr 192.168.7.20 meta l4proto { tcp, udp } th dport 8080 '
         "ct status dnat accept" in rules
     )
-
-
-def connected_policy(**changes: object) -> FirewallPolicy:
-    values: dict[str, object] = {
-        "lockdown": False,
-        "allow_lan": False,
-        "lan": (),
-        "endpoint": Endpoint(ip_address("203.0.113.11")),
-        "api_addresses": (),
-        "api_port": 443,
-        "fwmark": 0xCA6C,
-        "tunnel_interface": "pia0",
-        "tunnel_dns": (ip_address("198.51.100.53"),),
-        "ipv6_tunnel": False,
-        **changes,
-    }
-    return policy_for_state("connected", **values)  # type: ignore[arg-type]
 
 
 def test_iptables_lets_the_port_in_from_the_tunnel_only() -> None:
