@@ -767,16 +767,22 @@ async def eventually(condition: Callable[[], bool]) -> None:
     raise AssertionError("the condition never held")
 
 
-async def test_a_stale_health_verdict_does_not_interrupt_a_reconnect() -> None:
-    """A verdict about the connection that is being replaced must not end the new one's
-    attempt (which left the machine in reconnecting with nothing under way)."""
+def build_keeping_verdicts() -> tuple[Harness, list[Callable[[str], None]]]:
+    """A harness whose health monitors' verdict callbacks are kept, oldest first, so a test
+    can deliver a verdict from any of them."""
     verdicts: list[Callable[[str], None]] = []
 
     def monitor(*args: object, **kwargs: object) -> HealthMonitor:
         verdicts.append(args[2])  # type: ignore[arg-type]
         return HealthMonitor(*args, **kwargs)  # type: ignore[arg-type]
 
-    harness = build(health_factory=monitor)
+    return build(health_factory=monitor), verdicts
+
+
+async def test_a_stale_health_verdict_does_not_interrupt_a_reconnect() -> None:
+    """A verdict about the connection that is being replaced must not end the new one's
+    attempt (which left the machine in reconnecting with nothing under way)."""
+    harness, verdicts = build_keeping_verdicts()
     await harness.machine.start()
     try:
         harness.machine.connect(TARGET)
@@ -796,13 +802,7 @@ async def test_a_stale_health_verdict_does_not_interrupt_a_reconnect() -> None:
 
 
 async def test_a_verdict_about_the_current_connection_still_fails_over() -> None:
-    verdicts: list[Callable[[str], None]] = []
-
-    def monitor(*args: object, **kwargs: object) -> HealthMonitor:
-        verdicts.append(args[2])  # type: ignore[arg-type]
-        return HealthMonitor(*args, **kwargs)  # type: ignore[arg-type]
-
-    harness = build(health_factory=monitor)
+    harness, verdicts = build_keeping_verdicts()
     await harness.machine.start()
     try:
         harness.machine.connect(TARGET)
