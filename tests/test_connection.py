@@ -188,20 +188,7 @@ def pair_in_namespaces(tmp_path: Path, *, backend: str) -> Iterator[Pair]:
         # The uplink's gateway is not the server, so the server's tunnel address is reachable
         # only through the tunnel.
         run("ip", "-n", client, "route", "add", "default", "via", UPLINK_GATEWAY)
-        # wireguard-go forks into the background and keeps its stdio: give it none to hold.
-        subprocess.run(
-            ["ip", "netns", "exec", server, "wireguard-go", server_if],
-            check=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=30,
-            env={
-                **CHILD_ENV,
-                "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1",
-                "LOG_LEVEL": "error",
-            },
-        )
+        start_wireguard_go(server, server_if)
         key_file = tmp_path / "server.key"
         key_file.touch(mode=0o600)
         key_file.write_text(server_private + "\n")
@@ -380,7 +367,8 @@ def test_an_unreadable_record_is_cleaned_up_by_name(pair: Pair) -> None:
 
 
 def start_wireguard_go(netns: str, ifname: str) -> None:
-    """Another program's wireguard-go instance (it forks into the background)."""
+    """A wireguard-go instance of its own, not the engine's (it forks into the background)."""
+    # It keeps its stdio: give it none to hold.
     subprocess.run(
         ["ip", "netns", "exec", netns, "wireguard-go", ifname],
         check=True,
