@@ -1,14 +1,30 @@
-"""pytest fixtures for the namespaced test world (nordwgd.testing.world)."""
+"""pytest fixtures for the namespaced test world (nordwgd.testing.world), and the Manager on
+the in-process world: the engine double of test_machine, the fake API on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from ipaddress import ip_address
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+from nordwgd.config import ApiConfig, Config, PathsConfig
+from nordwgd.manager import Manager
+from nordwgd.provider.factory import open_provider
+from nordwgd.provider.nordvpn.api import NordVpnApi
+from nordwgd.testing.fakeapi import FakeApi
+from nordwgd.testing.fleet import default_fleet
+from nordwgd.testing.pki import make_pki
 from nordwgd.testing.world import World, cleanup_run
+
+if TYPE_CHECKING:
+    from tests.test_machine import FakeEngine
 
 
 def _need_root() -> None:
@@ -43,3 +59,38 @@ def _world_leftovers() -> Iterator[None]:
     yield
     if os.geteuid() == 0:
         cleanup_run()
+
+
+@contextlib.asynccontextmanager
+async def manager_on_fake_api(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[Manager, FakeEngine, Config, FakeApi]]:
+    """A started Manager (no token yet) with the engine double, talking HTTPS to the fake API;
+    stopped on the way out."""
+    # Imported here: this module is loaded for every test file, test_machine only when used.
+    from tests.test_machine import FakeEngine
+
+    pki = make_pki(tmp_path / "pki")
+    with FakeApi(default_fleet(), pki) as fake:
+        host, port = fake.addresses[0]
+        api_config = ApiConfig(
+            addresses=(ip_address(host),), port=port, ca_file=pki.ca_cert, timeout=2, attempts=1
+        )
+        config = Config(
+            api=api_config,
+            paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
+        )
+        config = replace(config, health=replace(config.health, handshake_timeout=0.2))
+        engine = FakeEngine()
+        manager = Manager(
+            config,
+            engine_factory=lambda _: engine,
+            provider_factory=functools.partial(
+                open_provider, nordvpn_api=NordVpnApi(api_config, backoff=0.01)
+            ),
+        )
+        await manager.start()
+        try:
+            yield manager, engine, config, fake
+        finally:
+            await manager.stop(keep_blocking=False)

@@ -9,26 +9,22 @@ the double of test_machine; the API is the fake one over HTTPS on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
-from ipaddress import ip_address
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nordwgd import manager as manager_module
-from nordwgd.config import ApiConfig, Config, PathsConfig
+from nordwgd.config import Config
 from nordwgd.manager import Manager, load_settings, read_target
-from nordwgd.provider.factory import open_provider
-from nordwgd.provider.nordvpn.api import NordVpnApi
 from nordwgd.states import State
 from nordwgd.testing.fakeapi import FakeApi
-from nordwgd.testing.fleet import default_fleet, default_token
-from nordwgd.testing.pki import make_pki
+from nordwgd.testing.fleet import default_token
 from nordwgd.token import load_token
+from tests.fixtures_world import manager_on_fake_api
 from tests.test_machine import FakeEngine
 
 WAIT = 10.0  # upper bound for waits on state; never an assertion about speed
@@ -48,31 +44,9 @@ class Built:
 
 @pytest.fixture
 async def built(tmp_path: Path) -> AsyncIterator[Built]:
-    pki = make_pki(tmp_path / "pki")
-    with FakeApi(default_fleet(), pki) as fake:
-        host, port = fake.addresses[0]
-        api_config = ApiConfig(
-            addresses=(ip_address(host),), port=port, ca_file=pki.ca_cert, timeout=2, attempts=1
-        )
-        config = Config(
-            api=api_config,
-            paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
-        )
-        config = replace(config, health=replace(config.health, handshake_timeout=0.2))
-        engine = FakeEngine()
-        manager = Manager(
-            config,
-            engine_factory=lambda _: engine,
-            provider_factory=functools.partial(
-                open_provider, nordvpn_api=NordVpnApi(api_config, backoff=0.01)
-            ),
-        )
-        await manager.start()
+    async with manager_on_fake_api(tmp_path) as (manager, engine, config, fake):
         await manager.set_token(default_token())
-        try:
-            yield Built(manager, engine, config, fake)
-        finally:
-            await manager.stop(keep_blocking=False)
+        yield Built(manager, engine, config, fake)
 
 
 async def test_connect_to_a_server_then_disconnect_ends_disconnected(built: Built) -> None:

@@ -9,7 +9,6 @@ after Disconnect traffic leaves through the uplink again.
 
 from __future__ import annotations
 
-import functools
 import json
 import queue
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 
 from nordwgd.testing import netns as ns
 from nordwgd.testing.world import World
+from tests.fixtures_world import manager_on_fake_api
 
 DRIVER = r"""
 import asyncio, json, logging, sys
@@ -291,42 +291,8 @@ def test_killed_daemon_is_resumed_without_opening(world: World, driver: Driver) 
 
 @pytest.fixture
 async def manager(tmp_path: Path) -> Any:
-    from dataclasses import replace as dc_replace
-    from ipaddress import ip_address
-
-    from nordwgd.config import ApiConfig, Config, PathsConfig
-    from nordwgd.manager import Manager
-    from nordwgd.provider.factory import open_provider
-    from nordwgd.provider.nordvpn.api import NordVpnApi
-    from nordwgd.testing.fakeapi import FakeApi
-    from nordwgd.testing.fleet import default_fleet
-    from nordwgd.testing.pki import make_pki
-    from tests.test_machine import FakeEngine
-
-    pki = make_pki(tmp_path / "pki")
-    with FakeApi(default_fleet(), pki) as fake:
-        host, port = fake.addresses[0]
-        api_config = ApiConfig(
-            addresses=(ip_address(host),), port=port, ca_file=pki.ca_cert, timeout=2, attempts=1
-        )
-        config = Config(
-            api=api_config,
-            paths=PathsConfig(state_dir=tmp_path / "state", runtime_dir=tmp_path / "run"),
-        )
-        config = dc_replace(config, health=dc_replace(config.health, handshake_timeout=0.2))
-        engine = FakeEngine()
-        built = Manager(
-            config,
-            engine_factory=lambda _: engine,
-            provider_factory=functools.partial(
-                open_provider, nordvpn_api=NordVpnApi(api_config, backoff=0.01)
-            ),
-        )
-        await built.start()
-        try:
-            yield built, engine, config
-        finally:
-            await built.stop(keep_blocking=False)
+    async with manager_on_fake_api(tmp_path) as (built, engine, config, _fake):
+        yield built, engine, config
 
 
 async def test_manager_connect_needs_a_token_and_good_options(manager: Any) -> None:
