@@ -1,16 +1,21 @@
-"""pytest fixtures for the namespaced test world (nordwgd.testing.world), and the Manager on
-the in-process world: the engine double of test_machine, the fake API on 127.0.0.1."""
+"""pytest fixtures for the namespaced test world (nordwgd.testing.world): the driver process a
+world test runs the Manager in, and the Manager on the in-process world (the engine double of
+test_machine, the fake API on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import queue
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from ipaddress import ip_address
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -94,3 +99,67 @@ async def manager_on_fake_api(
             yield manager, engine, config, fake
         finally:
             await manager.stop(keep_blocking=False)
+
+
+class DriverProcess:
+    """A process that runs a Manager and speaks JSON lines: commands on stdin; replies, and
+    every property change as an event "changed", on stdout, read by a thread into a queue."""
+
+    def __init__(self, process: subprocess.Popen[str], log: Path) -> None:
+        self.process = process
+        self.log = log
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.changes: list[dict[str, Any]] = []
+        self.other: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                self.other.append(line)
+                continue
+            if message.get("event") == "changed":
+                self.changes.append(message["changed"])
+            else:
+                self.lines.put(message)
+
+    def next(self, limit: float) -> dict[str, Any]:
+        try:
+            return self.lines.get(timeout=limit)
+        except queue.Empty:
+            raise AssertionError(f"no answer from the driver; log:\n{self.tail()}") from None
+
+    def send(self, op: str, within: float = 30.0, **fields: Any) -> dict[str, Any]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
+        self.process.stdin.flush()
+        return self.next(within + 10.0)
+
+    def call(self, op: str, within: float = 30.0, **fields: Any) -> Any:
+        reply = self.send(op, within, **fields)
+        assert reply.get("reply") == "ok", f"{op}: {reply}\n{self.tail()}"
+        return reply["result"]
+
+    def wait(self, limit: float = 30.0, **want: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("wait", limit, want=want, limit=limit)
+        return result
+
+    def tail(self) -> str:
+        try:
+            lines = self.log.read_text().splitlines()[-40:]
+        except OSError:
+            lines = []
+        return "\n".join(lines + self.other[-20:])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            if self.process.stdin is not None:
+                self.process.stdin.close()  # the driver stops the manager at end of input
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

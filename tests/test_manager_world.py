@@ -10,10 +10,8 @@ after Disconnect traffic leaves through the uplink again.
 from __future__ import annotations
 
 import json
-import queue
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +21,7 @@ import pytest
 
 from nordwgd.testing import netns as ns
 from nordwgd.testing.world import World
-from tests.fixtures_world import manager_on_fake_api
+from tests.fixtures_world import DriverProcess, manager_on_fake_api
 
 DRIVER = r"""
 import asyncio, json, logging, sys
@@ -102,12 +100,11 @@ asyncio.run(main())
 """
 
 
-class Driver:
-    """The driver process and its output, read by a thread into a queue."""
+class Driver(DriverProcess):
+    """The driver process in the world's host namespace."""
 
     def __init__(self, world: World, config: Path, log: Path) -> None:
-        self.log = log
-        self.process = world.host_popen(
+        process = world.host_popen(
             [sys.executable, "-c", DRIVER, str(config), str(log)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -116,41 +113,7 @@ class Driver:
             env=ns.python_env(),
             cwd=str(Path(__file__).resolve().parent.parent),
         )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.changes: list[dict[str, Any]] = []
-        self.other: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                self.other.append(line)
-                continue
-            if message.get("event") == "changed":
-                self.changes.append(message["changed"])
-            else:
-                self.lines.put(message)
-
-    def next(self, limit: float) -> dict[str, Any]:
-        try:
-            return self.lines.get(timeout=limit)
-        except queue.Empty:
-            raise AssertionError(f"no answer from the driver; log:\n{self.tail()}") from None
-
-    def call(self, op: str, within: float = 30.0, **fields: Any) -> Any:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-        self.process.stdin.flush()
-        reply = self.next(within + 10.0)
-        assert reply.get("reply") == "ok", f"{op}: {reply}\n{self.tail()}"
-        return reply["result"]
-
-    def wait(self, limit: float = 30.0, **want: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("wait", limit, want=want, limit=limit)
-        return result
+        super().__init__(process, log)
 
     def states(self) -> list[str]:
         """The states of the published statuses, each transition once."""
@@ -159,23 +122,6 @@ class Driver:
             if not states or states[-1] != change["State"]:
                 states.append(change["State"])
         return states
-
-    def tail(self) -> str:
-        try:
-            lines = self.log.read_text().splitlines()[-40:]
-        except OSError:
-            lines = []
-        return "\n".join(lines + self.other[-20:])
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            if self.process.stdin is not None:
-                self.process.stdin.close()  # the driver stops the manager at end of input
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture

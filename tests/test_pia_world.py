@@ -8,12 +8,9 @@ the "Internet" side through the port the fake VPN server forwards.
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +20,7 @@ import pytest
 
 from nordwgd.testing import netns as ns
 from nordwgd.testing.piaworld import ROUTER_WAN, PiaWorld
+from tests.fixtures_world import DriverProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -114,13 +112,12 @@ echo "hook saw port $NORDWGD_PORT"
 """
 
 
-class Driver:
+class Driver(DriverProcess):
     def __init__(self, world: PiaWorld, config: Path, log: Path) -> None:
         self.world = world
-        self.log = log
         # nsenter keeps the system's mount namespace (as systemd would): a namespace the
         # daemon makes under /run/netns is then usable by everyone.
-        self.process = subprocess.Popen(
+        process = subprocess.Popen(
             [
                 *("nsenter", f"--net=/run/netns/{world.host_ns}"),
                 *(sys.executable, "-c", DRIVER, str(config), str(log)),
@@ -132,66 +129,12 @@ class Driver:
             env=ns.python_env(),
             cwd=str(REPO),
         )
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.changes: list[dict[str, Any]] = []
-        self.other: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(process, log)
         started = self.next(60.0)
         assert started.get("event") == "started", f"{started}\n{self.tail()}"
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                self.other.append(line)
-                continue
-            if message.get("event") == "changed":
-                self.changes.append(message["changed"])
-            else:
-                self.lines.put(message)
-
-    def next(self, limit: float) -> dict[str, Any]:
-        try:
-            return self.lines.get(timeout=limit)
-        except queue.Empty:
-            raise AssertionError(f"no answer from the driver; log:\n{self.tail()}") from None
-
-    def send(self, op: str, within: float = 30.0, **fields: Any) -> dict[str, Any]:
-        assert self.process.stdin is not None
-        self.process.stdin.write(json.dumps({"op": op, **fields}) + "\n")
-        self.process.stdin.flush()
-        return self.next(within + 10.0)
-
-    def call(self, op: str, within: float = 30.0, **fields: Any) -> Any:
-        reply = self.send(op, within, **fields)
-        assert reply.get("reply") == "ok", f"{op}: {reply}\n{self.tail()}"
-        return reply["result"]
-
-    def wait(self, limit: float = 30.0, **want: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.call("wait", limit, want=want, limit=limit)
-        return result
-
     def login(self) -> None:
         self.call("login", username=self.world.username, password=self.world.password)
-
-    def tail(self) -> str:
-        try:
-            lines = self.log.read_text().splitlines()[-40:]
-        except OSError:
-            lines = []
-        return "\n".join(lines + self.other[-20:])
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            if self.process.stdin is not None:
-                self.process.stdin.close()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 @pytest.fixture(scope="module")
